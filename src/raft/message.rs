@@ -1,0 +1,164 @@
+//! The data the core exchanges with its driver and with its peers: log entries, the hard state that must be
+//! durable, and the messages of the protocol.
+//!
+//! Everything here is plain data (serde-serializable, no behaviour that touches I/O). The transport frames
+//! [`Message`]s; the storage layer persists [`Entry`]s and [`HardState`]s.
+
+use serde::{Deserialize, Serialize};
+
+/// A node's identifier within the cluster. Never 0 (0 means "none" in hints and votes).
+pub type NodeId = u64;
+
+/// A position in the replicated log. The first real entry has index 1; index 0 is the empty prefix.
+pub type Index = u64;
+
+/// An election term. Term 0 exists only before the first election.
+pub type Term = u64;
+
+/// What an entry carries.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum EntryKind {
+    /// The empty entry every new leader appends in its term (thesis §6.4, paper §8). Not applied.
+    Noop,
+    /// An opaque command for the state machine. The core never looks inside.
+    Command(Vec<u8>),
+}
+
+/// One entry of the replicated log.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Entry {
+    pub index: Index,
+    pub term: Term,
+    pub kind: EntryKind,
+}
+
+impl Entry {
+    /// Approximate encoded size, used for the per-message byte cap.
+    pub fn approx_size(&self) -> usize {
+        24 + match &self.kind {
+            EntryKind::Noop => 0,
+            EntryKind::Command(data) => data.len(),
+        }
+    }
+}
+
+/// The state that must be on disk before a node acts on it (paper Figure 2, "persistent state").
+///
+/// `commit` is kept too so that a restart can re-apply what it knew to be committed without waiting for a
+/// leader; it is not needed for safety and a change of `commit` alone does not require an fsync.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HardState {
+    pub term: Term,
+    /// The candidate voted for in `term`, or 0.
+    pub vote: NodeId,
+    pub commit: Index,
+}
+
+/// A protocol message between two nodes.
+///
+/// `term` is the sender's current term, except for the pre-vote messages (the term the sender *would*
+/// campaign in) and the client-forwarding messages ([`MessageBody::is_client`]), which carry no term
+/// semantics and are sent with term 0.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Message {
+    pub from: NodeId,
+    pub to: NodeId,
+    pub term: Term,
+    pub body: MessageBody,
+}
+
+/// Why a forwarded proposal or read failed at the node it was sent to.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum RemoteError {
+    /// The receiver is not the leader; it names the leader it knows of, if any.
+    NotLeader { leader: Option<NodeId> },
+    /// The receiver is leader but refuses for now (e.g. too many pending reads).
+    Busy,
+}
+
+/// The body of a [`Message`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum MessageBody {
+    /// Pre-vote request (thesis §9.6). `term` is the term the sender would campaign in; the receiver does
+    /// not adopt it.
+    PreVote { last_index: Index, last_term: Term },
+    /// Answer to a pre-vote. When granted it carries the term of the request, else the responder's term.
+    PreVoteResponse { granted: bool },
+    /// RequestVote (paper §5.2, Figure 2).
+    Vote { last_index: Index, last_term: Term },
+    VoteResponse { granted: bool },
+    /// AppendEntries (paper §5.3). `commit` is the leader's commit index.
+    Append {
+        prev_index: Index,
+        prev_term: Term,
+        entries: Vec<Entry>,
+        commit: Index,
+    },
+    /// Answer to [`MessageBody::Append`].
+    AppendResponse {
+        /// On success: the index up to which the follower's log now matches the leader's.
+        /// On rejection: the `prev_index` that was rejected (lets the leader drop stale answers).
+        index: Index,
+        /// `None` on success; on rejection a hint for the leader to back up a whole term at once.
+        reject: Option<RejectHint>,
+    },
+    /// Heartbeat (an empty AppendEntries without the consistency check). `commit` is never above what the
+    /// leader knows the follower has matched, so a follower may commit up to it without checking terms.
+    /// `read_seq` is the read-index round this heartbeat confirms (thesis §6.4); 0 means none.
+    Heartbeat { commit: Index, read_seq: u64 },
+    HeartbeatResponse { read_seq: u64 },
+    /// A follower forwards a batch of client commands to the leader. Term-less (sent with term 0).
+    Propose { request_id: u64, commands: Vec<Vec<u8>> },
+    /// The leader's answer: where the commands were appended, or why not. Term-less.
+    ProposeResponse {
+        request_id: u64,
+        result: Result<(Index, Term), RemoteError>,
+    },
+    /// A follower asks the leader for a read index (thesis §6.4). Term-less.
+    ReadIndex { request_id: u64 },
+    /// The leader's answer: a commit index confirmed by a heartbeat round after the request arrived. Term-less.
+    ReadIndexResponse {
+        request_id: u64,
+        result: Result<Index, RemoteError>,
+    },
+}
+
+impl MessageBody {
+    /// Client-forwarding messages carry no term semantics: they never change a receiver's term or role.
+    pub fn is_client(&self) -> bool {
+        matches!(
+            self,
+            MessageBody::Propose { .. }
+                | MessageBody::ProposeResponse { .. }
+                | MessageBody::ReadIndex { .. }
+                | MessageBody::ReadIndexResponse { .. }
+        )
+    }
+
+    /// A short name for logs and traces.
+    pub fn name(&self) -> &'static str {
+        match self {
+            MessageBody::PreVote { .. } => "PreVote",
+            MessageBody::PreVoteResponse { .. } => "PreVoteResponse",
+            MessageBody::Vote { .. } => "Vote",
+            MessageBody::VoteResponse { .. } => "VoteResponse",
+            MessageBody::Append { .. } => "Append",
+            MessageBody::AppendResponse { .. } => "AppendResponse",
+            MessageBody::Heartbeat { .. } => "Heartbeat",
+            MessageBody::HeartbeatResponse { .. } => "HeartbeatResponse",
+            MessageBody::Propose { .. } => "Propose",
+            MessageBody::ProposeResponse { .. } => "ProposeResponse",
+            MessageBody::ReadIndex { .. } => "ReadIndex",
+            MessageBody::ReadIndexResponse { .. } => "ReadIndexResponse",
+        }
+    }
+}
+
+/// The follower's hint on rejecting an append (paper §5.3, the optimization at the end of the section).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RejectHint {
+    /// The term of the follower's entry at the rejected `prev_index`, or 0 if its log is shorter.
+    pub conflict_term: Term,
+    /// The first index the follower holds with `conflict_term`; if its log is shorter, its last index + 1.
+    pub conflict_index: Index,
+}

@@ -1,0 +1,3 @@
+//! The Raft core (being written).
+mod message;
+pub use message::*;

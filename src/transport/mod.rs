@@ -1,0 +1,1 @@
+//! Peer transport (being written).
