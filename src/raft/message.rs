@@ -81,12 +81,22 @@ pub enum RemoteError {
 pub enum MessageBody {
     /// Pre-vote request (thesis §9.6). `term` is the term the sender would campaign in; the receiver does
     /// not adopt it.
-    PreVote { last_index: Index, last_term: Term },
+    PreVote {
+        last_index: Index,
+        last_term: Term,
+    },
     /// Answer to a pre-vote. When granted it carries the term of the request, else the responder's term.
-    PreVoteResponse { granted: bool },
+    PreVoteResponse {
+        granted: bool,
+    },
     /// RequestVote (paper §5.2, Figure 2).
-    Vote { last_index: Index, last_term: Term },
-    VoteResponse { granted: bool },
+    Vote {
+        last_index: Index,
+        last_term: Term,
+    },
+    VoteResponse {
+        granted: bool,
+    },
     /// AppendEntries (paper §5.3). `commit` is the leader's commit index.
     Append {
         prev_index: Index,
@@ -105,17 +115,27 @@ pub enum MessageBody {
     /// Heartbeat (an empty AppendEntries without the consistency check). `commit` is never above what the
     /// leader knows the follower has matched, so a follower may commit up to it without checking terms.
     /// `read_seq` is the read-index round this heartbeat confirms (thesis §6.4); 0 means none.
-    Heartbeat { commit: Index, read_seq: u64 },
-    HeartbeatResponse { read_seq: u64 },
+    Heartbeat {
+        commit: Index,
+        read_seq: u64,
+    },
+    HeartbeatResponse {
+        read_seq: u64,
+    },
     /// A follower forwards a batch of client commands to the leader. Term-less (sent with term 0).
-    Propose { request_id: u64, commands: Vec<Vec<u8>> },
+    Propose {
+        request_id: u64,
+        commands: Vec<Vec<u8>>,
+    },
     /// The leader's answer: where the commands were appended, or why not. Term-less.
     ProposeResponse {
         request_id: u64,
         result: Result<(Index, Term), RemoteError>,
     },
     /// A follower asks the leader for a read index (thesis §6.4). Term-less.
-    ReadIndex { request_id: u64 },
+    ReadIndex {
+        request_id: u64,
+    },
     /// The leader's answer: a commit index confirmed by a heartbeat round after the request arrived. Term-less.
     ReadIndexResponse {
         request_id: u64,
