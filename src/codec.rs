@@ -207,7 +207,10 @@ mod tests {
         // Every strict prefix fails cleanly.
         for cut in 0..buf.len() {
             let mut r = Reader::new(&buf[..cut]);
-            let ok = r.entry().and_then(|_| r.entry()).and_then(|_| r.hard_state());
+            let ok = r
+                .entry()
+                .and_then(|_| r.entry())
+                .and_then(|_| r.hard_state());
             assert!(ok.is_err(), "prefix of {cut} bytes decoded");
         }
     }

@@ -1,0 +1,237 @@
+//! Node configuration: the seed's `--cluster` syntax and every tuning knob, validated in one place.
+//!
+//! `--cluster "1,:3031;2,:3032;3,:3033"` lists the members as `raft_id,raft_addr` entries separated by `;`.
+//! `--node N` is a 0-based index into that list and picks this node's id and Raft listen address. An address
+//! `:port` means all interfaces when listening and the local host when connecting; `host:port` means that
+//! host. Every malformed input is an error naming what is wrong; nothing here panics.
+
+use crate::raft::NodeId;
+use std::collections::BTreeMap;
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// One member of the cluster as given on the command line.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Member {
+    pub id: NodeId,
+    pub raft_addr: String,
+}
+
+/// Parses the seed's cluster syntax: `id,addr;id,addr;…`.
+pub fn parse_cluster(spec: &str) -> Result<Vec<Member>, String> {
+    let mut members: Vec<Member> = Vec::new();
+    for (pos, raw) in spec.split(';').enumerate() {
+        let entry = raw.trim();
+        if entry.is_empty() {
+            if pos > 0 && spec.trim_end().ends_with(';') {
+                continue; // tolerate one trailing separator
+            }
+            return Err(format!(
+                "--cluster entry {} is empty (expected \"id,addr\")",
+                pos + 1
+            ));
+        }
+        let (id, addr) = entry.split_once(',').ok_or_else(|| {
+            format!("--cluster entry {entry:?} must be \"raft_id,raft_addr\", e.g. \"1,:3031\"")
+        })?;
+        let id: NodeId = id.trim().parse().map_err(|_| {
+            format!(
+                "--cluster entry {entry:?}: raft id {:?} is not a positive integer",
+                id.trim()
+            )
+        })?;
+        if id == 0 {
+            return Err(format!(
+                "--cluster entry {entry:?}: raft id 0 is reserved; ids start at 1"
+            ));
+        }
+        let addr = addr.trim();
+        check_addr(addr).map_err(|e| format!("--cluster entry {entry:?}: {e}"))?;
+        if members.iter().any(|m| m.id == id) {
+            return Err(format!("--cluster lists raft id {id} twice"));
+        }
+        if members.iter().any(|m| m.raft_addr == addr) {
+            return Err(format!("--cluster lists address {addr} twice"));
+        }
+        members.push(Member {
+            id,
+            raft_addr: addr.to_string(),
+        });
+    }
+    if members.is_empty() {
+        return Err("--cluster lists no members".into());
+    }
+    Ok(members)
+}
+
+/// Checks the shape `host:port` or `:port` (port 1-65535).
+fn check_addr(addr: &str) -> Result<(), String> {
+    let (host, port) = addr
+        .rsplit_once(':')
+        .ok_or_else(|| format!("address {addr:?} must be \"host:port\" or \":port\""))?;
+    match port.parse::<u16>() {
+        Ok(p) if p > 0 => {}
+        _ => return Err(format!("address {addr:?} has no valid port (1-65535)")),
+    }
+    if host.contains(char::is_whitespace) {
+        return Err(format!("address {addr:?} contains whitespace"));
+    }
+    Ok(())
+}
+
+/// The address to listen on: `:port` means all interfaces.
+pub fn listen_addr(addr: &str) -> Result<SocketAddr, String> {
+    check_addr(addr)?;
+    let full = if addr.starts_with(':') {
+        format!("0.0.0.0{addr}")
+    } else {
+        addr.to_string()
+    };
+    resolve(&full)
+}
+
+/// The address to connect to: `:port` means this host.
+pub fn connect_addr(addr: &str) -> Result<SocketAddr, String> {
+    check_addr(addr)?;
+    let full = if addr.starts_with(':') {
+        format!("127.0.0.1{addr}")
+    } else {
+        addr.to_string()
+    };
+    resolve(&full)
+}
+
+fn resolve(addr: &str) -> Result<SocketAddr, String> {
+    addr.to_socket_addrs()
+        .map_err(|e| format!("cannot resolve {addr:?}: {e}"))?
+        .next()
+        .ok_or_else(|| format!("{addr:?} resolves to no address"))
+}
+
+/// Everything a node needs to run.
+#[derive(Debug, Clone)]
+pub struct NodeConfig {
+    pub id: NodeId,
+    /// Raft address of every member, this node included, as given (`:port` or `host:port`).
+    pub members: BTreeMap<NodeId, String>,
+    /// Where the HTTP API listens.
+    pub http_addr: SocketAddr,
+    pub data_dir: PathBuf,
+    /// Names the cluster in the peer handshake so two clusters on one host never talk to each other.
+    pub cluster_name: String,
+    pub tick: Duration,
+    pub election_ticks: u32,
+    pub heartbeat_ticks: u32,
+    /// How long a client request may wait for commit/apply before it gets 504.
+    pub request_timeout: Duration,
+    pub http_threads: usize,
+    /// Largest accepted key and value (bytes).
+    pub max_key_bytes: usize,
+    pub max_value_bytes: usize,
+}
+
+impl NodeConfig {
+    /// A configuration for node `id` among `members`, with defaults for everything else.
+    pub fn new(
+        id: NodeId,
+        members: BTreeMap<NodeId, String>,
+        http_addr: SocketAddr,
+        data_dir: PathBuf,
+    ) -> Self {
+        NodeConfig {
+            id,
+            members,
+            http_addr,
+            data_dir,
+            cluster_name: "nimbus".into(),
+            tick: Duration::from_millis(100),
+            election_ticks: 10,
+            heartbeat_ticks: 1,
+            request_timeout: Duration::from_secs(5),
+            http_threads: 64,
+            max_key_bytes: 4096,
+            max_value_bytes: 1 << 20,
+        }
+    }
+
+    /// Checks the settings together; the error names the flag to fix.
+    pub fn validate(&self) -> Result<(), String> {
+        if !self.members.contains_key(&self.id) {
+            return Err(format!("node id {} is not in the cluster", self.id));
+        }
+        if self.tick.is_zero() {
+            return Err("--tick-ms must be at least 1".into());
+        }
+        if self.heartbeat_ticks == 0 || self.election_ticks <= self.heartbeat_ticks {
+            return Err(format!(
+                "--election-ticks ({}) must be greater than --heartbeat-ticks ({}), which must be at least 1",
+                self.election_ticks, self.heartbeat_ticks
+            ));
+        }
+        if self.http_threads == 0 || self.http_threads > 4096 {
+            return Err("--http-threads must be between 1 and 4096".into());
+        }
+        if self.request_timeout.is_zero() {
+            return Err("--request-timeout-ms must be at least 1".into());
+        }
+        if self.max_key_bytes == 0 || self.max_value_bytes == 0 {
+            return Err("key and value limits must be at least 1 byte".into());
+        }
+        for addr in self.members.values() {
+            check_addr(addr)?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_the_seed_syntax() {
+        let m = parse_cluster("1,:3031;2,:3032;3,:3033").unwrap();
+        assert_eq!(m.len(), 3);
+        assert_eq!(
+            m[1],
+            Member {
+                id: 2,
+                raft_addr: ":3032".into()
+            }
+        );
+        let m = parse_cluster(" 7 , 127.0.0.1:4000 ; 9,[::1]:4001;").unwrap();
+        assert_eq!(m[0].id, 7);
+        assert_eq!(m[1].raft_addr, "[::1]:4001");
+    }
+
+    #[test]
+    fn rejects_bad_clusters_with_clear_errors() {
+        for (spec, needle) in [
+            ("", "empty"),
+            ("1:3031", "raft_id,raft_addr"),
+            ("x,:3031", "not a positive integer"),
+            ("0,:3031", "reserved"),
+            ("1,:3031;1,:3032", "twice"),
+            ("1,:3031;2,:3031", "twice"),
+            ("1,3031", "host:port"),
+            ("1,:0", "valid port"),
+            ("1,:99999", "valid port"),
+            ("1,:3031;;2,:3032", "empty"),
+        ] {
+            let err = parse_cluster(spec).unwrap_err();
+            assert!(err.contains(needle), "{spec:?}: {err}");
+        }
+    }
+
+    #[test]
+    fn addresses() {
+        assert_eq!(listen_addr(":2021").unwrap().to_string(), "0.0.0.0:2021");
+        assert_eq!(connect_addr(":2021").unwrap().to_string(), "127.0.0.1:2021");
+        assert_eq!(
+            connect_addr("127.0.0.2:80").unwrap().to_string(),
+            "127.0.0.2:80"
+        );
+        assert!(listen_addr("2021").is_err());
+    }
+}

@@ -1,0 +1,141 @@
+//! What the HTTP workers and the Raft thread say to each other, and the errors a client can get.
+//!
+//! Status codes (the contract the README documents):
+//! - 200: done. A write was committed by a quorum and applied; a read saw everything acknowledged before it.
+//! - 400 bad input, 404 no such key or route, 413 key or value too large.
+//! - 503 `no_leader`, `not_leader`, `busy`, `not_committed`: the request was **not** applied; retry.
+//! - 503 `leader_changed` and 504 `timeout`: the outcome is **unknown** (a write may or may not have been
+//!   applied). Retrying a write is only safe if it is idempotent.
+//! - 500 `internal`: a bug or a storage failure; the node logs the details.
+
+use crate::kv::Command;
+use crate::raft::{Index, NodeId, Term};
+use crossbeam_channel::Sender;
+
+/// The read consistency a client asked for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Consistency {
+    /// Through the read index: reflects every write acknowledged before the read began.
+    Linearizable,
+    /// This node's local state, possibly behind (the seed's `relaxed=true`).
+    Stale,
+}
+
+/// A request from an HTTP worker to the Raft thread. The reply goes to a one-shot channel.
+pub enum ClientRequest {
+    Write {
+        command: Command,
+        reply: Sender<Result<WriteOk, ApiError>>,
+    },
+    Read {
+        key: Vec<u8>,
+        consistency: Consistency,
+        reply: Sender<Result<ReadOk, ApiError>>,
+    },
+    Status {
+        reply: Sender<serde_json::Value>,
+    },
+}
+
+/// A write that was committed and applied.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WriteOk {
+    pub index: Index,
+    pub term: Term,
+    /// For deletes: whether the key existed.
+    pub found: bool,
+}
+
+/// The answer to a read: the value (if any) and the applied index it was read at.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReadOk {
+    pub value: Option<Vec<u8>>,
+    pub modify_index: Index,
+    pub applied_index: Index,
+    pub term: Term,
+}
+
+/// Why a request was not served.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ApiError {
+    BadRequest(String),
+    TooLarge(String),
+    NotFound(String),
+    /// No leader is known; nothing was applied.
+    NoLeader,
+    /// The request reached a node that is not the leader; nothing was applied.
+    NotLeader {
+        leader: Option<NodeId>,
+        leader_addr: Option<String>,
+    },
+    /// The write was appended but overwritten by a new leader; it was not applied.
+    NotCommitted,
+    /// The leader changed while the request was in flight: outcome unknown.
+    LeaderChanged,
+    /// Too many requests in flight; nothing was applied.
+    Busy,
+    /// No answer in time: outcome unknown.
+    Timeout,
+    Internal(String),
+}
+
+impl ApiError {
+    /// HTTP status and a stable machine-readable code.
+    pub fn status_and_code(&self) -> (u16, &'static str) {
+        match self {
+            ApiError::BadRequest(_) => (400, "bad_request"),
+            ApiError::TooLarge(_) => (413, "too_large"),
+            ApiError::NotFound(_) => (404, "not_found"),
+            ApiError::NoLeader => (503, "no_leader"),
+            ApiError::NotLeader { .. } => (503, "not_leader"),
+            ApiError::NotCommitted => (503, "not_committed"),
+            ApiError::LeaderChanged => (503, "leader_changed"),
+            ApiError::Busy => (503, "busy"),
+            ApiError::Timeout => (504, "timeout"),
+            ApiError::Internal(_) => (500, "internal"),
+        }
+    }
+
+    pub fn message(&self) -> String {
+        match self {
+            ApiError::BadRequest(m)
+            | ApiError::TooLarge(m)
+            | ApiError::NotFound(m)
+            | ApiError::Internal(m) => m.clone(),
+            ApiError::NoLeader => {
+                "no leader is known right now; nothing was applied, retry shortly".into()
+            }
+            ApiError::NotLeader { leader, .. } => format!(
+                "this node is not the leader (leader: {}); nothing was applied",
+                leader
+                    .map(|l| l.to_string())
+                    .unwrap_or_else(|| "unknown".into())
+            ),
+            ApiError::NotCommitted => {
+                "the write was overwritten by a new leader before it committed; it was not applied"
+                    .into()
+            }
+            ApiError::LeaderChanged => {
+                "the leader changed while the request was in flight; the outcome is unknown".into()
+            }
+            ApiError::Busy => {
+                "too many requests in flight; nothing was applied, retry shortly".into()
+            }
+            ApiError::Timeout => "no answer in time; the outcome is unknown".into(),
+        }
+    }
+
+    /// The JSON body: `{"error":{"code":…,"message":…}}`, plus the leader when known.
+    pub fn to_json(&self) -> serde_json::Value {
+        let (_, code) = self.status_and_code();
+        let mut err = serde_json::json!({"code": code, "message": self.message()});
+        if let ApiError::NotLeader {
+            leader: Some(id),
+            leader_addr,
+        } = self
+        {
+            err["leader"] = serde_json::json!({"id": id, "raft_addr": leader_addr});
+        }
+        serde_json::json!({ "error": err })
+    }
+}

@@ -1,0 +1,308 @@
+//! The HTTP API, served by a pool of tiny_http worker threads.
+//!
+//! Routes (the seed's, made correct):
+//! - `GET|POST|PUT /set?key=K&value=V` → 200 `OK` once committed by a quorum and applied. A follower forwards
+//!   the write to the leader and answers with the leader's outcome.
+//! - `GET /get?key=K` → 200 with the raw value; linearizable on every node (read index). `relaxed=true`
+//!   answers from the local state (may be stale). Missing key → 404.
+//! - `GET|POST|DELETE /delete?key=K` → 200 `OK`, or 404 if the key did not exist.
+//! - `GET /status` → JSON: role, term, leader, indexes, batching counters.
+//!
+//! Errors are JSON `{"error":{"code":…,"message":…}}` with the status codes listed in [`super::api`]; 503s
+//! carry `Retry-After: 1`. Each worker hands the request to the Raft thread with a one-shot reply channel and
+//! waits at most the request timeout plus a margin.
+//!
+//! Limits: keys 1..=`max_key_bytes` (default 4 KiB), values up to `max_value_bytes` (default 1 MiB), URLs up
+//! to 8 KiB plus the value size; anything larger is refused with 413 before it reaches the log.
+
+use super::api::{ApiError, ClientRequest, Consistency, ReadOk, WriteOk};
+use crate::config::NodeConfig;
+use crate::kv::Command;
+use crossbeam_channel::{Receiver, Sender, TrySendError};
+use std::io::Cursor;
+use std::sync::Arc;
+use std::time::Duration;
+use tiny_http::{Header, Method, Request, Response, Server};
+
+type HttpResponse = Response<Cursor<Vec<u8>>>;
+
+/// Serves requests until the server is unblocked (shutdown).
+pub fn worker(server: Arc<Server>, to_raft: Sender<ClientRequest>, cfg: Arc<NodeConfig>) {
+    loop {
+        let req = match server.recv() {
+            Ok(r) => r,
+            Err(e) => {
+                log::debug!("http worker stopping: {e}");
+                return;
+            }
+        };
+        let resp = handle(&req, &to_raft, &cfg);
+        if let Err(e) = req.respond(resp) {
+            log::debug!("http: failed to send a response: {e}");
+        }
+    }
+}
+
+fn handle(req: &Request, to_raft: &Sender<ClientRequest>, cfg: &NodeConfig) -> HttpResponse {
+    let url = req.url();
+    let max_url = 8192 + cfg.max_value_bytes * 3;
+    if url.len() > max_url {
+        return error_response(&ApiError::TooLarge(format!(
+            "URL of {} bytes exceeds the limit of {max_url}",
+            url.len()
+        )));
+    }
+    let (path, query) = url.split_once('?').unwrap_or((url, ""));
+    let params = match parse_query(query) {
+        Ok(p) => p,
+        Err(e) => return error_response(&ApiError::BadRequest(e)),
+    };
+    let method = req.method();
+    let result = match (path, method) {
+        ("/set", Method::Get | Method::Post | Method::Put) => set(&params, to_raft, cfg),
+        ("/get", Method::Get) => get(&params, to_raft, cfg),
+        ("/delete", Method::Get | Method::Post | Method::Delete) => delete(&params, to_raft, cfg),
+        ("/status", Method::Get) => status(to_raft, cfg),
+        ("/set" | "/get" | "/delete" | "/status", _) => {
+            let mut r = error_response(&ApiError::BadRequest(format!(
+                "method {method} not allowed on {path}"
+            )));
+            r = r.with_status_code(405);
+            return r;
+        }
+        _ => Err(ApiError::NotFound(format!("no route {path}"))),
+    };
+    result.unwrap_or_else(|e| error_response(&e))
+}
+
+fn param<'a>(params: &'a [(String, Vec<u8>)], name: &str) -> Option<&'a [u8]> {
+    params
+        .iter()
+        .find(|(k, _)| k == name)
+        .map(|(_, v)| v.as_slice())
+}
+
+fn key_param(params: &[(String, Vec<u8>)], cfg: &NodeConfig) -> Result<Vec<u8>, ApiError> {
+    let key = param(params, "key")
+        .ok_or_else(|| ApiError::BadRequest("missing query parameter \"key\"".into()))?;
+    if key.is_empty() {
+        return Err(ApiError::BadRequest("key must not be empty".into()));
+    }
+    if key.len() > cfg.max_key_bytes {
+        return Err(ApiError::TooLarge(format!(
+            "key of {} bytes exceeds the limit of {}",
+            key.len(),
+            cfg.max_key_bytes
+        )));
+    }
+    Ok(key.to_vec())
+}
+
+fn set(
+    params: &[(String, Vec<u8>)],
+    to_raft: &Sender<ClientRequest>,
+    cfg: &NodeConfig,
+) -> Result<HttpResponse, ApiError> {
+    let key = key_param(params, cfg)?;
+    let value = param(params, "value")
+        .ok_or_else(|| ApiError::BadRequest("missing query parameter \"value\"".into()))?;
+    if value.len() > cfg.max_value_bytes {
+        return Err(ApiError::TooLarge(format!(
+            "value of {} bytes exceeds the limit of {}",
+            value.len(),
+            cfg.max_value_bytes
+        )));
+    }
+    let command = Command::Put {
+        key,
+        value: value.to_vec(),
+    };
+    let ok = write(command, to_raft, cfg)?;
+    Ok(text_response(200, "OK\n").with_header(index_header(&ok)))
+}
+
+fn delete(
+    params: &[(String, Vec<u8>)],
+    to_raft: &Sender<ClientRequest>,
+    cfg: &NodeConfig,
+) -> Result<HttpResponse, ApiError> {
+    let key = key_param(params, cfg)?;
+    let ok = write(Command::Delete { key }, to_raft, cfg)?;
+    if !ok.found {
+        return Err(ApiError::NotFound("no such key".into()));
+    }
+    Ok(text_response(200, "OK\n").with_header(index_header(&ok)))
+}
+
+fn get(
+    params: &[(String, Vec<u8>)],
+    to_raft: &Sender<ClientRequest>,
+    cfg: &NodeConfig,
+) -> Result<HttpResponse, ApiError> {
+    let key = key_param(params, cfg)?;
+    let relaxed = match param(params, "relaxed") {
+        None => false,
+        Some(b"true") | Some(b"1") => true,
+        Some(b"false") | Some(b"0") => false,
+        Some(v) => {
+            return Err(ApiError::BadRequest(format!(
+                "relaxed must be true or false, got {:?}",
+                String::from_utf8_lossy(v)
+            )))
+        }
+    };
+    let consistency = if relaxed {
+        Consistency::Stale
+    } else {
+        Consistency::Linearizable
+    };
+    let (reply, rx) = crossbeam_channel::bounded(1);
+    submit(
+        to_raft,
+        ClientRequest::Read {
+            key,
+            consistency,
+            reply,
+        },
+    )?;
+    let ok: ReadOk = wait(rx, cfg)??;
+    let Some(value) = ok.value else {
+        return Err(ApiError::NotFound("no such key".into()));
+    };
+    let mut resp = Response::from_data(value)
+        .with_header(header("Content-Type", "application/octet-stream"))
+        .with_header(header("X-Raft-Index", &ok.applied_index.to_string()))
+        .with_header(header("X-Raft-Term", &ok.term.to_string()))
+        .with_header(header("ETag", &format!("\"{}\"", ok.modify_index)));
+    if relaxed {
+        resp = resp.with_header(header(
+            "X-Nimbus-Applied-Index",
+            &ok.applied_index.to_string(),
+        ));
+    }
+    Ok(resp)
+}
+
+fn status(to_raft: &Sender<ClientRequest>, cfg: &NodeConfig) -> Result<HttpResponse, ApiError> {
+    let (reply, rx) = crossbeam_channel::bounded(1);
+    submit(to_raft, ClientRequest::Status { reply })?;
+    let v = wait(rx, cfg)?;
+    Ok(json_response(200, &v))
+}
+
+fn write(
+    command: Command,
+    to_raft: &Sender<ClientRequest>,
+    cfg: &NodeConfig,
+) -> Result<WriteOk, ApiError> {
+    let (reply, rx) = crossbeam_channel::bounded(1);
+    submit(to_raft, ClientRequest::Write { command, reply })?;
+    wait(rx, cfg)?
+}
+
+fn submit(to_raft: &Sender<ClientRequest>, req: ClientRequest) -> Result<(), ApiError> {
+    match to_raft.try_send(req) {
+        Ok(()) => Ok(()),
+        Err(TrySendError::Full(_)) => Err(ApiError::Busy),
+        Err(TrySendError::Disconnected(_)) => {
+            Err(ApiError::Internal("the node is shutting down".into()))
+        }
+    }
+}
+
+/// Waits for the Raft thread's answer. It enforces the request timeout itself; the margin here only covers
+/// a Raft thread that is stuck (e.g. on a very slow disk).
+fn wait<T>(rx: Receiver<T>, cfg: &NodeConfig) -> Result<T, ApiError> {
+    rx.recv_timeout(cfg.request_timeout + Duration::from_secs(1))
+        .map_err(|e| match e {
+            crossbeam_channel::RecvTimeoutError::Timeout => ApiError::Timeout,
+            crossbeam_channel::RecvTimeoutError::Disconnected => {
+                ApiError::Internal("the node is shutting down".into())
+            }
+        })
+}
+
+fn header(name: &str, value: &str) -> Header {
+    Header::from_bytes(name.as_bytes(), value.as_bytes()).expect("static header names are valid")
+}
+
+fn index_header(ok: &WriteOk) -> Header {
+    header("X-Raft-Index", &ok.index.to_string())
+}
+
+fn text_response(status: u16, body: &str) -> HttpResponse {
+    Response::from_data(body.as_bytes().to_vec())
+        .with_status_code(status)
+        .with_header(header("Content-Type", "text/plain; charset=utf-8"))
+}
+
+fn json_response(status: u16, v: &serde_json::Value) -> HttpResponse {
+    let mut body = serde_json::to_vec(v).unwrap_or_else(|_| b"{}".to_vec());
+    body.push(b'\n');
+    Response::from_data(body)
+        .with_status_code(status)
+        .with_header(header("Content-Type", "application/json"))
+}
+
+fn error_response(e: &ApiError) -> HttpResponse {
+    let (status, _) = e.status_and_code();
+    let mut r = json_response(status, &e.to_json());
+    if status == 503 {
+        r = r.with_header(header("Retry-After", "1"));
+    }
+    r
+}
+
+/// Parses `a=b&c=d`, percent-decoding names and values (`+` is a space, as in HTML forms and Go's
+/// `url.ParseQuery`). A malformed escape is an error.
+pub fn parse_query(q: &str) -> Result<Vec<(String, Vec<u8>)>, String> {
+    let mut out = Vec::new();
+    for pair in q.split('&').filter(|p| !p.is_empty()) {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        let k = String::from_utf8(percent_decode(k)?)
+            .map_err(|_| format!("query parameter name {k:?} is not UTF-8"))?;
+        out.push((k, percent_decode(v)?));
+    }
+    Ok(out)
+}
+
+fn percent_decode(s: &str) -> Result<Vec<u8>, String> {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        match b[i] {
+            b'+' => out.push(b' '),
+            b'%' => {
+                let hex = b
+                    .get(i + 1..i + 3)
+                    .and_then(|h| std::str::from_utf8(h).ok())
+                    .and_then(|h| u8::from_str_radix(h, 16).ok())
+                    .ok_or_else(|| format!("malformed percent-escape at byte {i} of {s:?}"))?;
+                out.push(hex);
+                i += 2;
+            }
+            c => out.push(c),
+        }
+        i += 1;
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn query_decoding() {
+        let q = parse_query("key=a%20b&value=x+y%2Bz&empty=&flag").unwrap();
+        assert_eq!(q[0], ("key".into(), b"a b".to_vec()));
+        assert_eq!(q[1], ("value".into(), b"x y+z".to_vec()));
+        assert_eq!(q[2], ("empty".into(), vec![]));
+        assert_eq!(q[3], ("flag".into(), vec![]));
+        assert_eq!(parse_query("k=%ff").unwrap()[0].1, vec![0xff]);
+        for bad in ["k=%", "k=%4", "k=%zz", "%ff=1"] {
+            assert!(parse_query(bad).is_err(), "{bad}");
+        }
+    }
+}

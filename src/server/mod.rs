@@ -1,0 +1,232 @@
+//! The node runtime: opens storage, starts the transport, the Raft thread and the HTTP workers.
+//!
+//! ```text
+//!  curl ─HTTP─> tiny_http workers ─(request, reply channel)─> Raft thread <─ peer reader threads <─TCP─ peers
+//!                                                              │ select! over ticker, peers, clients, shutdown
+//!                                                              │ persist (one fsync per batch), send, apply,
+//!                                                              │ answer clients
+//!                                                              └─> per-peer writer threads ─TCP─> peers
+//! ```
+//!
+//! A [`Node`] owns every thread it starts; [`Node::shutdown`] stops them all. [`run`] is what the `nimbus`
+//! binary calls: start a node and serve until the Raft thread stops.
+
+pub mod api;
+pub mod http;
+mod raft_loop;
+
+use crate::config::{connect_addr, listen_addr, NodeConfig};
+use crate::kv::KvStore;
+use crate::raft::{Config as RaftConfig, InitialState, Raft};
+use crate::storage::{Wal, WalOptions};
+use crate::transport::{Transport, TransportConfig};
+use api::ClientRequest;
+use crossbeam_channel::Sender;
+use log::{error, info};
+use std::fmt;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::thread::JoinHandle;
+
+/// Bound on client requests queued for the Raft thread; beyond it clients get 503 `busy`.
+const CLIENT_QUEUE: usize = 16_384;
+/// Bound on peer messages queued for the Raft thread (readers block briefly when it is full).
+const PEER_QUEUE: usize = 65_536;
+
+/// Why a node could not start or had to stop.
+#[derive(Debug)]
+pub struct ServerError(pub String);
+
+impl fmt::Display for ServerError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for ServerError {}
+
+/// A running node.
+pub struct Node {
+    http_addr: SocketAddr,
+    raft_addr: SocketAddr,
+    shutdown_tx: Sender<()>,
+    http: Arc<tiny_http::Server>,
+    raft_thread: Option<JoinHandle<Result<(), String>>>,
+    workers: Vec<JoinHandle<()>>,
+    clients: Sender<ClientRequest>,
+}
+
+impl Node {
+    /// Opens the data directory, recovers the log, and starts serving.
+    pub fn start(cfg: NodeConfig) -> Result<Node, ServerError> {
+        cfg.validate().map_err(ServerError)?;
+        let id = cfg.id;
+        std::fs::create_dir_all(&cfg.data_dir).map_err(|e| {
+            ServerError(format!(
+                "cannot create data directory {}: {e}",
+                cfg.data_dir.display()
+            ))
+        })?;
+        let (wal, rec) = Wal::open(&cfg.data_dir.join("wal"), WalOptions::default())
+            .map_err(|e| ServerError(format!("cannot open the WAL: {e}")))?;
+        info!(
+            "[n{id}] recovered {} entries from index {}, hard state {:?}",
+            rec.entries.len(),
+            rec.first_index,
+            rec.hard_state
+        );
+        let mut rcfg = RaftConfig::new(id, cfg.members.keys().copied());
+        rcfg.election_ticks = cfg.election_ticks;
+        rcfg.heartbeat_ticks = cfg.heartbeat_ticks;
+        let snapshot_index = rec.first_index.saturating_sub(1);
+        let init = InitialState {
+            hard_state: rec.hard_state,
+            snapshot_index,
+            snapshot_term: 0,
+            entries: rec.entries,
+            applied: 0,
+        };
+        if snapshot_index > 0 {
+            return Err(ServerError(
+                "the WAL starts after index 1 but snapshots are not supported yet".into(),
+            ));
+        }
+        let raft = Raft::new(rcfg, init, seed_for(id)).map_err(ServerError)?;
+
+        let (peer_tx, peer_rx) = crossbeam_channel::bounded(PEER_QUEUE);
+        let raft_listen = listen_addr(&cfg.members[&id]).map_err(ServerError)?;
+        let mut peers = std::collections::BTreeMap::new();
+        for (&pid, addr) in &cfg.members {
+            if pid != id {
+                // Checked here so a bad address is a start-up error, not a silent retry loop later.
+                connect_addr(addr).map_err(|e| ServerError(format!("peer {pid}: {e}")))?;
+                peers.insert(pid, addr.clone());
+            }
+        }
+        let mut tcfg = TransportConfig::new(id, cfg.cluster_name.clone(), raft_listen, peers);
+        tcfg.connect_timeout = cfg.tick * cfg.election_ticks;
+        let transport = Transport::start(tcfg, peer_tx).map_err(|e| {
+            ServerError(format!(
+                "cannot start the peer transport on {raft_listen}: {e}"
+            ))
+        })?;
+        let raft_addr = transport.local_addr();
+
+        let http = tiny_http::Server::http(cfg.http_addr).map_err(|e| {
+            ServerError(format!("cannot listen for HTTP on {}: {e}", cfg.http_addr))
+        })?;
+        let http_addr = http
+            .server_addr()
+            .to_ip()
+            .ok_or_else(|| ServerError("HTTP server has no IP address".into()))?;
+        let http = Arc::new(http);
+
+        let (client_tx, client_rx) = crossbeam_channel::bounded(CLIENT_QUEUE);
+        let (shutdown_tx, shutdown_rx) = crossbeam_channel::bounded(1);
+        let cfg = Arc::new(cfg);
+        let lp = raft_loop::RaftLoop::new(
+            (*cfg).clone(),
+            raft,
+            wal,
+            transport,
+            KvStore::new(),
+            peer_rx,
+            client_rx,
+            shutdown_rx,
+        );
+        let http_for_stop = http.clone();
+        let raft_thread = std::thread::Builder::new()
+            .name(format!("raft-{id}"))
+            .spawn(move || {
+                let r = lp.run();
+                if let Err(e) = &r {
+                    error!("[n{id}] raft loop failed: {e}");
+                }
+                // Stop accepting requests that could no longer be served.
+                for _ in 0..1024 {
+                    http_for_stop.unblock();
+                }
+                r
+            })
+            .map_err(|e| ServerError(format!("cannot spawn the raft thread: {e}")))?;
+        let mut workers = Vec::new();
+        for i in 0..cfg.http_threads {
+            let (server, tx, cfg) = (http.clone(), client_tx.clone(), cfg.clone());
+            let w = std::thread::Builder::new()
+                .name(format!("http-{id}-{i}"))
+                .stack_size(256 * 1024)
+                .spawn(move || http::worker(server, tx, cfg))
+                .map_err(|e| ServerError(format!("cannot spawn an HTTP worker: {e}")))?;
+            workers.push(w);
+        }
+        info!("[n{id}] serving HTTP on {http_addr}, raft on {raft_addr}");
+        Ok(Node {
+            http_addr,
+            raft_addr,
+            shutdown_tx,
+            http,
+            raft_thread: Some(raft_thread),
+            workers,
+            clients: client_tx,
+        })
+    }
+
+    pub fn http_addr(&self) -> SocketAddr {
+        self.http_addr
+    }
+
+    pub fn raft_addr(&self) -> SocketAddr {
+        self.raft_addr
+    }
+
+    /// A sender for in-process clients (embedding without HTTP).
+    pub fn client_sender(&self) -> Sender<ClientRequest> {
+        self.clients.clone()
+    }
+
+    /// Blocks until the Raft thread stops (it only stops on shutdown or a fatal storage error).
+    pub fn wait(mut self) -> Result<(), ServerError> {
+        let r = self.join_raft();
+        self.stop_http();
+        r
+    }
+
+    /// Stops every thread this node started and waits for them.
+    pub fn shutdown(mut self) -> Result<(), ServerError> {
+        let _ = self.shutdown_tx.send(());
+        let r = self.join_raft();
+        self.stop_http();
+        r
+    }
+
+    fn join_raft(&mut self) -> Result<(), ServerError> {
+        match self.raft_thread.take().map(|t| t.join()) {
+            Some(Ok(Ok(()))) | None => Ok(()),
+            Some(Ok(Err(e))) => Err(ServerError(e)),
+            Some(Err(_)) => Err(ServerError("the raft thread panicked".into())),
+        }
+    }
+
+    fn stop_http(&mut self) {
+        for _ in 0..self.workers.len() {
+            self.http.unblock();
+        }
+        for w in self.workers.drain(..) {
+            let _ = w.join();
+        }
+    }
+}
+
+/// Each node needs its own randomness (identical election timeouts would split every vote).
+fn seed_for(id: u64) -> u64 {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(0);
+    nanos ^ id.rotate_left(32) ^ (std::process::id() as u64).rotate_left(16)
+}
+
+/// Starts a node and serves until it stops.
+pub fn run(cfg: NodeConfig) -> Result<(), ServerError> {
+    Node::start(cfg)?.wait()
+}

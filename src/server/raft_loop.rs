@@ -1,0 +1,460 @@
+//! The Raft thread: one `select!` loop joining the core, the WAL, the transport and the state machine.
+//!
+//! Rules this loop keeps:
+//! - It is the only owner of the core, the WAL and the state machine; nothing else touches them.
+//! - Each turn waits for one event (tick, peer message, client request, shutdown), drains whatever else is
+//!   already queued (bounded), then runs the core's `ready` cycle: persist once (one fsync for the whole
+//!   batch: group commit), send, apply, answer clients, `advance`.
+//! - A leader's appends go out before its own fsync (allowed by the core's contract); every other message
+//!   goes out after it.
+//! - A write is answered only once its entry is applied *with the term it was appended in*. A read is
+//!   answered once the state machine has applied its confirmed read index.
+//! - Every waiting client has a deadline; past it, it gets `Timeout` (outcome unknown). Nobody waits forever.
+//! - The loop never blocks on the network: the transport's `send` only enqueues.
+//! - A storage failure is fatal: the loop stops, and the node with it, since what is durable is unknown.
+
+use super::api::{ApiError, ClientRequest, Consistency, ReadOk, WriteOk};
+use crate::config::NodeConfig;
+use crate::kv::{ApplyResult, KvStore};
+use crate::raft::{EntryKind, Index, Message, Raft, RequestError, Role, Term};
+use crate::storage::Wal;
+use crate::transport::Transport;
+use crossbeam_channel::{select, Receiver, Sender};
+use log::{info, warn};
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::time::Instant;
+
+/// At most this many queued inputs are folded into one turn.
+const MAX_BATCH: usize = 4096;
+/// Apply results kept for proposals whose answer arrives after their entry was applied.
+const RECENT_RESULTS: usize = 65_536;
+
+enum Waiter {
+    Write(Sender<Result<WriteOk, ApiError>>),
+    Read {
+        key: Vec<u8>,
+        reply: Sender<Result<ReadOk, ApiError>>,
+    },
+}
+
+struct Pending {
+    waiter: Waiter,
+}
+
+/// Counters exposed on `/status`.
+#[derive(Default, Debug, Clone)]
+pub struct LoopStats {
+    pub turns: u64,
+    pub syncs: u64,
+    pub entries_persisted: u64,
+    pub max_batch: u64,
+    pub writes_ok: u64,
+    pub reads_ok: u64,
+    pub timeouts: u64,
+}
+
+pub struct RaftLoop {
+    pub(super) cfg: NodeConfig,
+    pub(super) raft: Raft,
+    pub(super) wal: Wal,
+    pub(super) transport: Transport,
+    pub(super) kv: KvStore,
+    pub(super) peer_rx: Receiver<Message>,
+    pub(super) client_rx: Receiver<ClientRequest>,
+    pub(super) shutdown_rx: Receiver<()>,
+    next_request: u64,
+    pending: HashMap<u64, Pending>,
+    /// Request ids in deadline order (all requests share one timeout).
+    deadlines: VecDeque<(Instant, u64)>,
+    /// Writes appended at an index (with the term they were appended in), waiting for apply.
+    writes_at: BTreeMap<Index, Vec<(Term, u64)>>,
+    /// Reads waiting for the state machine to reach their read index.
+    reads_at: BTreeMap<Index, Vec<u64>>,
+    recent: VecDeque<(Index, Term, ApplyResult)>,
+    stats: LoopStats,
+    last_role: Role,
+}
+
+impl RaftLoop {
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        cfg: NodeConfig,
+        raft: Raft,
+        wal: Wal,
+        transport: Transport,
+        kv: KvStore,
+        peer_rx: Receiver<Message>,
+        client_rx: Receiver<ClientRequest>,
+        shutdown_rx: Receiver<()>,
+    ) -> Self {
+        RaftLoop {
+            cfg,
+            raft,
+            wal,
+            transport,
+            kv,
+            peer_rx,
+            client_rx,
+            shutdown_rx,
+            next_request: 1,
+            pending: HashMap::new(),
+            deadlines: VecDeque::new(),
+            writes_at: BTreeMap::new(),
+            reads_at: BTreeMap::new(),
+            recent: VecDeque::new(),
+            stats: LoopStats::default(),
+            last_role: Role::Follower,
+        }
+    }
+
+    /// Runs until shutdown or a fatal storage error.
+    pub fn run(mut self) -> Result<(), String> {
+        let ticker = crossbeam_channel::tick(self.cfg.tick);
+        // Re-apply what the log says is committed before serving anything.
+        self.process_ready()?;
+        loop {
+            select! {
+                recv(ticker) -> _ => {
+                    self.raft.tick();
+                    self.expire(Instant::now());
+                }
+                recv(self.peer_rx) -> m => match m {
+                    Ok(m) => self.raft.step(m),
+                    Err(_) => break,
+                },
+                recv(self.client_rx) -> r => match r {
+                    Ok(r) => self.handle_client(r),
+                    Err(_) => break,
+                },
+                recv(self.shutdown_rx) -> _ => break,
+            }
+            // Group commit: fold everything already queued into this turn.
+            for _ in 0..MAX_BATCH {
+                let mut any = false;
+                if let Ok(m) = self.peer_rx.try_recv() {
+                    self.raft.step(m);
+                    any = true;
+                }
+                if let Ok(r) = self.client_rx.try_recv() {
+                    self.handle_client(r);
+                    any = true;
+                }
+                if !any {
+                    break;
+                }
+            }
+            self.process_ready()?;
+        }
+        info!("[n{}] raft loop stopping", self.cfg.id);
+        self.fail_all(ApiError::LeaderChanged);
+        self.transport.shutdown();
+        Ok(())
+    }
+
+    fn request_id(&mut self) -> u64 {
+        let id = self.next_request;
+        self.next_request += 1;
+        id
+    }
+
+    fn park(&mut self, id: u64, waiter: Waiter) {
+        let deadline = Instant::now() + self.cfg.request_timeout;
+        self.pending.insert(id, Pending { waiter });
+        self.deadlines.push_back((deadline, id));
+    }
+
+    fn handle_client(&mut self, req: ClientRequest) {
+        match req {
+            ClientRequest::Write { command, reply } => {
+                let id = self.request_id();
+                self.park(id, Waiter::Write(reply));
+                self.raft.propose(id, vec![command.encode()]);
+            }
+            ClientRequest::Read {
+                key,
+                consistency: Consistency::Stale,
+                reply,
+            } => {
+                let _ = reply.send(Ok(self.read_local(&key)));
+            }
+            ClientRequest::Read {
+                key,
+                consistency: Consistency::Linearizable,
+                reply,
+            } => {
+                let id = self.request_id();
+                self.park(id, Waiter::Read { key, reply });
+                self.raft.read_index(id);
+            }
+            ClientRequest::Status { reply } => {
+                let _ = reply.send(self.status());
+            }
+        }
+    }
+
+    fn read_local(&self, key: &[u8]) -> ReadOk {
+        let v = self.kv.get(key);
+        ReadOk {
+            value: v.map(|v| v.value.clone()),
+            modify_index: v.map(|v| v.modify_index).unwrap_or(0),
+            applied_index: self.kv.applied(),
+            term: self.raft.term(),
+        }
+    }
+
+    /// Runs the core's ready cycle until it has nothing more (see the module rules).
+    fn process_ready(&mut self) -> Result<(), String> {
+        while self.raft.has_ready() {
+            let rd = self.raft.ready();
+            self.stats.turns += 1;
+            let (early, late): (Vec<_>, Vec<_>) = rd
+                .messages
+                .into_iter()
+                .partition(|m| m.may_send_before_persist());
+            for m in early {
+                self.transport.send(m);
+            }
+            if !rd.entries.is_empty() {
+                self.wal
+                    .append(&rd.entries)
+                    .map_err(|e| format!("WAL append failed: {e}"))?;
+            }
+            if let Some(hs) = rd.hard_state {
+                self.wal
+                    .set_hard_state(hs)
+                    .map_err(|e| format!("WAL write failed: {e}"))?;
+            }
+            if rd.must_sync {
+                self.wal
+                    .sync()
+                    .map_err(|e| format!("WAL fsync failed: {e}"))?;
+                self.stats.syncs += 1;
+                let n = rd.entries.len() as u64;
+                self.stats.entries_persisted += n;
+                self.stats.max_batch = self.stats.max_batch.max(n);
+            } else if rd.hard_state.is_some() {
+                self.wal
+                    .flush()
+                    .map_err(|e| format!("WAL write failed: {e}"))?;
+            }
+            for m in late {
+                self.transport.send(m);
+            }
+            for e in rd.committed {
+                match e.kind {
+                    EntryKind::Noop => {
+                        self.kv.set_applied(e.index);
+                        // A write waiting here was overwritten by a new leader's no-op.
+                        for (_, id) in self.writes_at.remove(&e.index).unwrap_or_default() {
+                            self.fail(id, ApiError::NotCommitted);
+                        }
+                    }
+                    EntryKind::Command(data) => {
+                        let result = self.kv.apply(e.index, &data);
+                        self.finish_writes(e.index, e.term, &result);
+                        self.recent.push_back((e.index, e.term, result));
+                        if self.recent.len() > RECENT_RESULTS {
+                            self.recent.pop_front();
+                        }
+                    }
+                }
+            }
+            for p in rd.proposed {
+                match p.result {
+                    Ok((index, term)) => self.appended(p.request_id, index, term),
+                    Err(e) => self.fail(p.request_id, request_error(&self.cfg, e)),
+                }
+            }
+            for r in rd.reads {
+                match r.result {
+                    Ok(index) => self.reads_at.entry(index).or_default().push(r.request_id),
+                    Err(e) => self.fail(r.request_id, request_error(&self.cfg, e)),
+                }
+            }
+            self.raft.advance();
+            self.release_reads();
+        }
+        let role = self.raft.role();
+        if role != self.last_role {
+            self.last_role = role;
+            if role != Role::Leader {
+                // Nothing to do for writes: they resolve by index and term as entries apply.
+                info!("[n{} t{}] now {:?}", self.cfg.id, self.raft.term(), role);
+            }
+        }
+        Ok(())
+    }
+
+    /// A proposal was appended at `index` in `term`: wait for that entry to apply.
+    fn appended(&mut self, id: u64, index: Index, term: Term) {
+        if index <= self.kv.applied() {
+            // Already applied (a forwarded proposal whose answer came late): look up the result.
+            let found = self
+                .recent
+                .iter()
+                .rev()
+                .find(|(i, _, _)| *i == index)
+                .cloned();
+            match found {
+                Some((_, t, result)) if t == term => self.answer_write(id, index, term, &result),
+                Some(_) => self.fail(id, ApiError::NotCommitted),
+                None => self.fail(id, ApiError::LeaderChanged),
+            }
+            return;
+        }
+        self.writes_at.entry(index).or_default().push((term, id));
+    }
+
+    fn finish_writes(&mut self, index: Index, term: Term, result: &ApplyResult) {
+        let Some(waiting) = self.writes_at.remove(&index) else {
+            return;
+        };
+        for (t, id) in waiting {
+            if t == term {
+                self.answer_write(id, index, term, result);
+            } else {
+                self.fail(id, ApiError::NotCommitted);
+            }
+        }
+    }
+
+    fn answer_write(&mut self, id: u64, index: Index, term: Term, result: &ApplyResult) {
+        let Some(p) = self.pending.remove(&id) else {
+            return;
+        };
+        let Waiter::Write(reply) = p.waiter else {
+            return;
+        };
+        let answer = match result {
+            ApplyResult::Ok { .. } => Ok(WriteOk {
+                index,
+                term,
+                found: true,
+            }),
+            ApplyResult::NotFound => Ok(WriteOk {
+                index,
+                term,
+                found: false,
+            }),
+            ApplyResult::Invalid(e) => Err(ApiError::Internal(format!("invalid command: {e}"))),
+        };
+        self.stats.writes_ok += 1;
+        let _ = reply.send(answer);
+    }
+
+    fn release_reads(&mut self) {
+        let applied = self.kv.applied();
+        while let Some((&index, _)) = self.reads_at.first_key_value() {
+            if index > applied {
+                break;
+            }
+            let ids = self.reads_at.remove(&index).unwrap_or_default();
+            for id in ids {
+                if let Some(Pending {
+                    waiter: Waiter::Read { key, reply },
+                    ..
+                }) = self.pending.remove(&id)
+                {
+                    self.stats.reads_ok += 1;
+                    let _ = reply.send(Ok(self.read_local(&key)));
+                }
+            }
+        }
+    }
+
+    fn fail(&mut self, id: u64, err: ApiError) {
+        if let Some(p) = self.pending.remove(&id) {
+            match p.waiter {
+                Waiter::Write(reply) => {
+                    let _ = reply.send(Err(err));
+                }
+                Waiter::Read { reply, .. } => {
+                    let _ = reply.send(Err(err));
+                }
+            }
+        }
+    }
+
+    fn fail_all(&mut self, err: ApiError) {
+        let ids: Vec<u64> = self.pending.keys().copied().collect();
+        for id in ids {
+            self.fail(id, err.clone());
+        }
+    }
+
+    /// Fails every request past its deadline with `Timeout` (outcome unknown).
+    fn expire(&mut self, now: Instant) {
+        while let Some(&(deadline, id)) = self.deadlines.front() {
+            if deadline > now {
+                break;
+            }
+            self.deadlines.pop_front();
+            if self.pending.contains_key(&id) {
+                self.stats.timeouts += 1;
+                self.fail(id, ApiError::Timeout);
+            }
+        }
+        // Index maps may still name expired requests; drop those below the applied index lazily.
+        if self.writes_at.len() > 100_000 {
+            warn!(
+                "[n{}] {} writes waiting for apply",
+                self.cfg.id,
+                self.writes_at.len()
+            );
+        }
+    }
+
+    fn status(&self) -> serde_json::Value {
+        let log = self.raft.log();
+        let wal = self.wal.stats();
+        let progress: Vec<_> = self
+            .raft
+            .progress()
+            .into_iter()
+            .map(|(id, matched, next, state)| {
+                serde_json::json!({"id": id, "match": matched, "next": next, "state": state})
+            })
+            .collect();
+        serde_json::json!({
+            "id": self.cfg.id,
+            "role": format!("{:?}", self.raft.role()).to_lowercase(),
+            "term": self.raft.term(),
+            "leader": self.raft.leader(),
+            "leader_raft_addr": self.raft.leader().and_then(|l| self.cfg.members.get(&l)),
+            "commit_index": log.committed(),
+            "applied_index": self.kv.applied(),
+            "last_index": log.last_index(),
+            "first_index": log.first_index(),
+            "keys": self.kv.len(),
+            "data_bytes": self.kv.data_bytes(),
+            "pending_requests": self.pending.len(),
+            "progress": progress,
+            "stats": {
+                "turns": self.stats.turns,
+                "fsyncs": self.stats.syncs,
+                "entries_persisted": self.stats.entries_persisted,
+                "avg_entries_per_fsync": if self.stats.syncs > 0 {
+                    self.stats.entries_persisted as f64 / self.stats.syncs as f64
+                } else { 0.0 },
+                "max_entries_per_fsync": self.stats.max_batch,
+                "writes_ok": self.stats.writes_ok,
+                "reads_ok": self.stats.reads_ok,
+                "timeouts": self.stats.timeouts,
+                "wal": format!("{wal:?}"),
+            },
+        })
+    }
+}
+
+/// Maps a core error to what the client sees.
+fn request_error(cfg: &NodeConfig, e: RequestError) -> ApiError {
+    match e {
+        RequestError::NotLeader { leader: None } => ApiError::NoLeader,
+        RequestError::NotLeader { leader: Some(l) } => ApiError::NotLeader {
+            leader: Some(l),
+            leader_addr: cfg.members.get(&l).cloned(),
+        },
+        RequestError::LeaderChanged => ApiError::LeaderChanged,
+        RequestError::Busy => ApiError::Busy,
+    }
+}

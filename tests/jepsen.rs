@@ -1,0 +1,242 @@
+//! Jepsen-style fault testing: real `nimbus` processes, concurrent clients, a nemesis, and a linearizability
+//! check of the whole history (one register per key).
+//!
+//! Faults: kill -9 and restart (leader included), SIGSTOP/SIGCONT, and network partitions made with
+//! fault-injecting TCP proxies that this test owns (`common/proxy.rs`): every node reaches every peer
+//! through its own proxy per link, so cutting a link is stalling that proxy. Nothing touches the host's
+//! firewall.
+//!
+//! `JEPSEN_SEED=7 cargo test --release --test jepsen -- --nocapture` replays a nemesis schedule (process and
+//! network timing still vary between runs, as in any real-process test). `JEPSEN_SECS` sets the fault
+//! phase's length (default 20 s).
+
+mod common;
+
+use common::proxy::Proxy;
+use common::{poll, TestCluster};
+use hash_nimbus::check::analyze;
+use hash_nimbus::check::linearizable::Op;
+use hash_nimbus::check::workload::{self, Outcome, Record, Run, WorkloadConfig};
+use hash_nimbus::raft::Rng;
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+struct Net {
+    /// proxies[(i, j)]: node i's link to node j.
+    proxies: BTreeMap<(usize, usize), Proxy>,
+}
+
+impl Net {
+    fn heal(&self) {
+        for p in self.proxies.values() {
+            p.pass();
+        }
+    }
+
+    /// Only nodes in the same group can talk. A node may be in two groups (a bridge).
+    fn partition(&self, groups: &[BTreeSet<usize>]) {
+        for (&(i, j), p) in &self.proxies {
+            let ok = groups.iter().any(|g| g.contains(&i) && g.contains(&j));
+            if ok {
+                p.pass()
+            } else {
+                p.drop_all()
+            }
+        }
+    }
+}
+
+fn start_cluster(n: usize) -> (TestCluster, Net) {
+    let mut c = TestCluster::prepare(n, &["--request-timeout-ms", "1500"]);
+    let mut proxies = BTreeMap::new();
+    for i in 0..n {
+        for j in 0..n {
+            if i != j {
+                let target = SocketAddr::from(([127, 0, 0, 1], c.nodes[j].raft_port));
+                proxies.insert((i, j), Proxy::start(0, target).expect("start proxy"));
+            }
+        }
+    }
+    for i in 0..n {
+        let spec: Vec<String> = (0..n)
+            .map(|j| {
+                let port = if i == j {
+                    c.nodes[j].raft_port
+                } else {
+                    proxies[&(i, j)].port
+                };
+                format!("{},127.0.0.1:{port}", c.nodes[j].id)
+            })
+            .collect();
+        c.specs[i] = Some(spec.join(";"));
+    }
+    for i in 0..n {
+        c.spawn(i);
+    }
+    (c, Net { proxies })
+}
+
+/// Runs the nemesis until `until`, then undoes every fault.
+fn nemesis(c: &mut TestCluster, net: &Net, seed: u64, until: Instant, log: &mut Vec<String>) {
+    let n = c.nodes.len();
+    let mut rng = Rng::new(seed);
+    let t0 = Instant::now();
+    let mut stopped: Option<usize> = None;
+    while Instant::now() < until {
+        let pause = Duration::from_millis(800 + rng.below(1500));
+        let action = rng.below(6);
+        let leader =
+            (0..n).find(|&i| c.is_running(i) && c.status(i).is_some_and(|s| s["role"] == "leader"));
+        let victim = if rng.chance(1, 2) {
+            leader.unwrap_or(0)
+        } else {
+            rng.below(n as u64) as usize
+        };
+        let what = match action {
+            0 => {
+                c.kill(victim);
+                format!("kill -9 node {victim}")
+            }
+            1 => {
+                c.signal(victim, "STOP");
+                stopped = Some(victim);
+                format!("SIGSTOP node {victim}")
+            }
+            2 => {
+                net.partition(&[
+                    BTreeSet::from([victim]),
+                    (0..n).filter(|&i| i != victim).collect(),
+                ]);
+                format!("isolate node {victim}")
+            }
+            3 => {
+                // The leader in the minority (with one companion when there are five nodes).
+                let l = leader.unwrap_or(victim);
+                let mut minority = BTreeSet::from([l]);
+                if n >= 5 {
+                    minority.insert((l + 1) % n);
+                }
+                let majority = (0..n).filter(|i| !minority.contains(i)).collect();
+                net.partition(&[minority.clone(), majority]);
+                format!("leader in minority {minority:?}")
+            }
+            4 => {
+                // A bridge: two sides that only the bridge node connects.
+                let b = victim;
+                let others: Vec<usize> = (0..n).filter(|&i| i != b).collect();
+                let (a, z) = others.split_at(others.len() / 2);
+                let mut g1: BTreeSet<usize> = a.iter().copied().collect();
+                let mut g2: BTreeSet<usize> = z.iter().copied().collect();
+                g1.insert(b);
+                g2.insert(b);
+                net.partition(&[g1, g2]);
+                format!("bridge through node {b}")
+            }
+            _ => "quiet".to_string(),
+        };
+        log.push(format!("{:>6.1}s {what}", t0.elapsed().as_secs_f64()));
+        std::thread::sleep(pause.min(until.saturating_duration_since(Instant::now())));
+        // Undo.
+        net.heal();
+        if let Some(s) = stopped.take() {
+            c.signal(s, "CONT");
+        }
+        for i in 0..n {
+            if !c.is_running(i) {
+                c.spawn(i);
+            }
+        }
+        std::thread::sleep(Duration::from_millis(300 + rng.below(700)));
+    }
+    net.heal();
+    for i in 0..n {
+        c.signal(i, "CONT");
+        if !c.is_running(i) {
+            c.spawn(i);
+        }
+    }
+}
+
+/// The two runs share the machine's two cores: run them one at a time.
+static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn jepsen(n: usize, seed: u64) {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let secs = std::env::var("JEPSEN_SECS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(20u64);
+    let (mut c, net) = start_cluster(n);
+    c.wait_leader(Duration::from_secs(30));
+    let nodes: Vec<SocketAddr> = (0..n).map(|i| c.http_addr(i)).collect();
+    let cfg = Arc::new(WorkloadConfig {
+        nodes: nodes.clone(),
+        clients: 12,
+        keys: 40,
+        duration: Duration::from_secs(secs),
+        timeout: Duration::from_secs(3),
+        write_percent: 50,
+        seed,
+        max_ops_per_client: 50_000,
+    });
+    let run = Run::new();
+    let clients = workload::spawn_clients(&run, &cfg);
+    let mut log = Vec::new();
+    nemesis(&mut c, &net, seed, run.start + cfg.duration, &mut log);
+    for h in clients {
+        h.join().expect("client thread");
+    }
+    // Recovery: the healed cluster must elect a leader and answer every key on every node.
+    let recovered_at = Instant::now();
+    c.wait_leader(Duration::from_secs(30));
+    let recovery = recovered_at.elapsed();
+    workload::final_reads(&run, &cfg, Duration::from_secs(60)).expect("final reads");
+    run.stop.store(true, Ordering::Relaxed);
+    let records = run.records.lock().unwrap().clone();
+    let report = analyze(&records);
+    eprintln!(
+        "jepsen n={n} seed={seed}: {} ops ({} ok, {} failed, {} indeterminate) on {} keys; recovery {:.1?}; lost acknowledged writes {}\nnemesis:\n{}",
+        records.len(),
+        report.ok,
+        report.failed,
+        report.indeterminate,
+        report.keys,
+        recovery,
+        report.lost_writes,
+        log.join("\n")
+    );
+    assert!(
+        report.violations.is_empty(),
+        "linearizability violations (seed {seed}):\n{}",
+        report.violations.join("\n")
+    );
+    assert_eq!(
+        report.lost_writes, 0,
+        "acknowledged writes lost (seed {seed})"
+    );
+    assert!(
+        report.ok > 100,
+        "too few successful operations to mean anything: {}",
+        report.ok
+    );
+}
+
+fn seed() -> u64 {
+    std::env::var("JEPSEN_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(1)
+}
+
+#[test]
+fn jepsen_three_nodes() {
+    jepsen(3, seed());
+}
+
+#[test]
+fn jepsen_five_nodes() {
+    jepsen(5, seed() + 1000);
+}
