@@ -71,7 +71,7 @@ struct NodeArgs {
     /// Members as "raft_id,raft_addr" entries separated by ';', e.g. "1,:3031;2,:3032;3,:3033".
     #[arg(long, required = true)]
     cluster: Option<String>,
-    /// Data directory (created if missing). Default: ./nimbus-data-<raft id>.
+    /// Data directory (created if missing). Default: ./nimbus-data-ID, ID being this node's raft id.
     #[arg(long)]
     data_dir: Option<PathBuf>,
     /// Name shared by all members; peers with another name are refused.

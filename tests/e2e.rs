@@ -12,7 +12,7 @@ const ELECTION: Duration = Duration::from_secs(20);
 /// The seed README's session, word for word: set on node 0, get on nodes 1 and 2.
 #[test]
 fn seed_readme_session() {
-    let c = TestCluster::start(3);
+    let mut c = TestCluster::start(3);
     c.wait_leader(ELECTION);
     c.set_eventually(0, "test", "success", ELECTION);
     for i in [1, 2] {
@@ -40,7 +40,7 @@ fn seed_readme_session() {
 /// A write sent to each follower is forwarded, acknowledged only once applied, and visible everywhere.
 #[test]
 fn writes_through_every_node() {
-    let c = TestCluster::start(3);
+    let mut c = TestCluster::start(3);
     let leader = c.wait_leader(ELECTION);
     for i in 0..3 {
         let key = format!("k{i}");

@@ -13,10 +13,9 @@
 mod common;
 
 use common::proxy::Proxy;
-use common::{poll, TestCluster};
+use common::{free_ports_except, TestCluster};
 use hash_nimbus::check::analyze;
-use hash_nimbus::check::linearizable::Op;
-use hash_nimbus::check::workload::{self, Outcome, Record, Run, WorkloadConfig};
+use hash_nimbus::check::workload::{self, Run, WorkloadConfig};
 use hash_nimbus::raft::Rng;
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
@@ -52,11 +51,18 @@ impl Net {
 fn start_cluster(n: usize) -> (TestCluster, Net) {
     let mut c = TestCluster::prepare(n, &["--request-timeout-ms", "1500"]);
     let mut proxies = BTreeMap::new();
+    let taken: Vec<u16> = c
+        .nodes
+        .iter()
+        .flat_map(|x| [x.http_port, x.raft_port])
+        .collect();
+    let mut ports = free_ports_except(n * (n - 1), &taken).into_iter();
     for i in 0..n {
         for j in 0..n {
             if i != j {
                 let target = SocketAddr::from(([127, 0, 0, 1], c.nodes[j].raft_port));
-                proxies.insert((i, j), Proxy::start(0, target).expect("start proxy"));
+                let port = ports.next().expect("enough ports");
+                proxies.insert((i, j), Proxy::start(port, target).expect("start proxy"));
             }
         }
     }
@@ -175,7 +181,7 @@ fn jepsen(n: usize, seed: u64) {
     let cfg = Arc::new(WorkloadConfig {
         nodes: nodes.clone(),
         clients: 12,
-        keys: 40,
+        keys: 100,
         duration: Duration::from_secs(secs),
         timeout: Duration::from_secs(3),
         write_percent: 50,

@@ -464,6 +464,7 @@ fn writer(sh: Shared, peer: NodeId, addr: String, rx: Receiver<Message>, stats: 
     let hello = handshake(&cfg.cluster, cfg.node_id);
     let mut conn: Option<BufWriter<TcpStream>> = None;
     let mut backoff = cfg.backoff_min;
+    let mut unreachable = false;
     let mut batch = Writer::with_capacity(64 * 1024);
     loop {
         let first = match rx.recv_timeout(Duration::from_millis(200)) {
@@ -480,17 +481,16 @@ fn writer(sh: Shared, peer: NodeId, addr: String, rx: Receiver<Message>, stats: 
             match connect(&addr, cfg, &hello) {
                 Ok(c) => {
                     stats.connects.fetch_add(1, Ordering::Relaxed);
-                    info!("transport: connected to node {peer} at {addr}");
+                    debug!("transport: connected to node {peer} at {addr}");
                     conn = Some(c);
-                    backoff = cfg.backoff_min;
                 }
                 Err(e) => {
-                    debug!("transport: cannot reach node {peer} at {addr}: {e}");
-                    // Wait, then discard what went stale meanwhile: Raft resends what still matters.
-                    std::thread::sleep(backoff);
-                    backoff = (backoff * 2).min(cfg.backoff_max);
-                    let stale = rx.try_iter().count() as u64 + 1;
-                    stats.dropped.fetch_add(stale, Ordering::Relaxed);
+                    if !unreachable {
+                        info!("transport: cannot reach node {peer} at {addr}: {e} (retrying with backoff)");
+                        unreachable = true;
+                    }
+                    stats.dropped.fetch_add(1, Ordering::Relaxed); // `first`
+                    backoff = pause_and_discard(&rx, &stats, backoff, cfg);
                     continue;
                 }
             }
@@ -520,14 +520,38 @@ fn writer(sh: Shared, peer: NodeId, addr: String, rx: Receiver<Message>, stats: 
                 stats
                     .bytes
                     .fetch_add(batch.buf.len() as u64, Ordering::Relaxed);
+                if unreachable {
+                    info!("transport: node {peer} at {addr} is reachable again");
+                    unreachable = false;
+                }
+                // Only a connection that carried data proves the peer healthy.
+                backoff = cfg.backoff_min;
             }
             Err(e) => {
-                warn!("transport: lost connection to node {peer} at {addr}: {e}");
+                if !unreachable {
+                    warn!("transport: lost connection to node {peer} at {addr}: {e}");
+                    unreachable = true;
+                }
                 stats.dropped.fetch_add(count, Ordering::Relaxed);
                 conn = None;
+                backoff = pause_and_discard(&rx, &stats, backoff, cfg);
             }
         }
     }
+}
+
+/// Waits out the backoff, then discards what went stale meanwhile (Raft resends what still matters).
+/// Returns the next backoff.
+fn pause_and_discard(
+    rx: &Receiver<Message>,
+    stats: &PeerStats,
+    backoff: Duration,
+    cfg: &TransportConfig,
+) -> Duration {
+    std::thread::sleep(backoff);
+    let stale = rx.try_iter().count() as u64;
+    stats.dropped.fetch_add(stale, Ordering::Relaxed);
+    (backoff * 2).min(cfg.backoff_max)
 }
 
 fn connect(

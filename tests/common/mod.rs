@@ -28,15 +28,39 @@ pub struct TestCluster {
     pub extra_args: Vec<String>,
 }
 
-/// Ports that were free a moment ago (the listeners are dropped before the nodes bind them).
+/// Distinct ports that were free a moment ago. They are drawn from 20000-31999, below Linux's ephemeral
+/// range (32768-60999), so outgoing connections never take a port reserved for a node that restarts later.
 pub fn free_ports(n: usize) -> Vec<u16> {
-    let listeners: Vec<TcpListener> = (0..n)
-        .map(|_| TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port"))
-        .collect();
-    listeners
-        .iter()
-        .map(|l| l.local_addr().unwrap().port())
-        .collect()
+    free_ports_except(n, &[])
+}
+
+/// Like [`free_ports`], never returning one of `except`.
+pub fn free_ports_except(n: usize, except: &[u16]) -> Vec<u16> {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let salt = std::process::id() as u64 * 7919
+        + std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.subsec_nanos() as u64)
+            .unwrap_or(0);
+    let mut rng = hash_nimbus::raft::Rng::new(salt ^ NEXT.fetch_add(1, Ordering::Relaxed) << 40);
+    let mut held = Vec::new();
+    let mut ports = Vec::new();
+    for _ in 0..100_000 {
+        if ports.len() == n {
+            break;
+        }
+        let port = 20_000 + rng.below(12_000) as u16;
+        if ports.contains(&port) || except.contains(&port) {
+            continue;
+        }
+        if let Ok(l) = TcpListener::bind(("0.0.0.0", port)) {
+            held.push(l);
+            ports.push(port);
+        }
+    }
+    assert_eq!(ports.len(), n, "could not find {n} free ports");
+    ports
 }
 
 pub fn nimbus_bin() -> &'static str {
@@ -213,8 +237,26 @@ impl TestCluster {
         serde_json::from_slice(&r.body).ok()
     }
 
+    /// Panics (showing its log) if a node that should be running has exited.
+    pub fn check_alive(&mut self) {
+        for i in 0..self.nodes.len() {
+            let exited = match self.nodes[i].child.as_mut() {
+                Some(c) => c.try_wait().ok().flatten(),
+                None => None,
+            };
+            if let Some(status) = exited {
+                self.nodes[i].child = None;
+                panic!(
+                    "node {i} exited unexpectedly ({status}); its log:\n{}",
+                    tail(&self.logs(i), 40)
+                );
+            }
+        }
+    }
+
     /// Waits until the running nodes agree on one leader; returns its index.
-    pub fn wait_leader(&self, timeout: Duration) -> usize {
+    pub fn wait_leader(&mut self, timeout: Duration) -> usize {
+        self.check_alive();
         poll("a leader", timeout, || {
             let mut leader = None;
             for (i, n) in self.nodes.iter().enumerate() {
