@@ -18,10 +18,12 @@
 //!   one `write` and makes it durable with one `fdatasync`. A new segment (and a removed one) is followed
 //!   by an fsync of the directory.
 //! - Torn tail: a record in the **last** segment that fails (short header, length running past the end of
-//!   the file, bad CRC, undecodable) is a torn write if nothing but zero bytes follows it or it runs to or
-//!   past the end of the file; it and everything after it are cut off (logged at warn with file, offset and
-//!   size). Any other bad record (in an earlier segment, or followed by more data) is corruption: opening
-//!   fails naming the file and offset, and nothing is changed on disk.
+//!   the file, bad CRC) is a torn write if no well-formed record (plausible length, known type, matching
+//!   CRC) starts anywhere after it; it and everything after it are cut off (logged at warn with file,
+//!   offset and size). Any other bad record (in an earlier segment, or followed by a valid record) is
+//!   corruption: opening fails naming the file and offset, and nothing is changed on disk. A record that
+//!   passes its CRC but does not decode, or breaks the log's contiguity, is always corruption.
+//!   Limitation: damage to the very last record looks exactly like a torn write and is cut off.
 //! - Every length is checked against `max_record_size` before anything is allocated; no file content can
 //!   make opening panic.
 
@@ -352,9 +354,10 @@ fn replay_segment(
         let (kind, payload, next) = match parsed {
             Ok(r) => r,
             Err(reason) => {
-                let tail_is_zero = data[pos..].iter().all(|&b| b == 0);
-                let runs_past_end = record_end(&data, pos).is_none_or(|end| end >= data.len());
-                if is_last && (tail_is_zero || runs_past_end) {
+                // Torn only if nothing valid follows: a damaged length in the middle of the file must not
+                // pass for a torn tail and silently drop the good records after it.
+                let later = next_valid_record(&data, pos + 1, opts.max_record_size);
+                if is_last && later.is_none() {
                     warn!(
                         "WAL {}: dropping a torn tail of {} bytes at offset {pos} ({reason})",
                         path.display(),
@@ -363,6 +366,10 @@ fn replay_segment(
                     truncate_file(path, pos as u64)?;
                     return Ok(first);
                 }
+                let reason = match later {
+                    Some(at) => format!("{reason}; a valid record follows at offset {at}"),
+                    None => reason,
+                };
                 return Err(corrupt(pos, reason));
             }
         };
@@ -408,11 +415,15 @@ fn replay_segment(
     Ok(first)
 }
 
-/// Where the record at `pos` claims to end, if its length field is readable.
-fn record_end(data: &[u8], pos: usize) -> Option<usize> {
-    let b = data.get(pos..pos + 4)?;
-    let len = u32::from_le_bytes([b[0], b[1], b[2], b[3]]) as usize;
-    Some(pos + 8 + len)
+/// The offset of the first well-formed record (plausible length, known type, matching CRC) at or after
+/// `from`, if any.
+fn next_valid_record(data: &[u8], from: usize, max: u32) -> Option<usize> {
+    (from..data.len().saturating_sub(8)).find(|&o| {
+        matches!(
+            data.get(o + 8),
+            Some(&(REC_ENTRY | REC_HARD_STATE | REC_LOG_START))
+        ) && parse_record(data, o, max).is_ok()
+    })
 }
 
 /// Parses the record at `pos`: (type, payload, next position), or why it is bad.
