@@ -59,8 +59,9 @@ impl HttpClient {
         self.request("GET", path, &[], &[])
     }
 
-    /// Sends a request and reads the response. On an I/O error the connection is dropped; the caller
-    /// decides whether to retry (a write may or may not have reached the server).
+    /// Sends a request and reads the response. On an I/O error the connection is dropped and the error
+    /// returned: nothing is retried, since a request that failed mid-way may still have been applied (the
+    /// caller decides whether a retry is safe).
     pub fn request(
         &mut self,
         method: &str,
@@ -68,23 +69,11 @@ impl HttpClient {
         headers: &[(&str, &str)],
         body: &[u8],
     ) -> std::io::Result<HttpResponse> {
-        let fresh = self.conn.is_none();
-        match self.try_request(method, path, headers, body) {
-            Ok(r) => Ok(r),
-            Err(e) => {
-                self.conn = None;
-                // A reused keep-alive connection may have been closed by the server while idle; only a GET
-                // is retried, and only once, on a fresh connection.
-                if !fresh && method == "GET" {
-                    let r = self.try_request(method, path, headers, body);
-                    if r.is_err() {
-                        self.conn = None;
-                    }
-                    return r;
-                }
-                Err(e)
-            }
+        let r = self.try_request(method, path, headers, body);
+        if r.is_err() {
+            self.conn = None;
         }
+        r
     }
 
     fn try_request(

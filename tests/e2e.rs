@@ -286,3 +286,79 @@ fn bad_flags_exit_nonzero_without_panicking() {
     assert_eq!(code, 0);
     assert!(out.contains("nimbus"), "{out}");
 }
+
+/// Disk crash recovery: kill -9 nodes (the leader half the time) in the middle of heavy writes, again and
+/// again. Every restart must reopen its WAL, and every acknowledged write must be on every node at the end.
+#[test]
+fn repeated_kill_during_heavy_writes() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::{Arc, Mutex};
+    let mut c = TestCluster::start(3);
+    c.wait_leader(ELECTION);
+    let stop = Arc::new(AtomicBool::new(false));
+    let acked = Arc::new(Mutex::new(BTreeMap::new()));
+    let addrs: Vec<_> = (0..3).map(|i| c.http_addr(i)).collect();
+    let writers: Vec<_> = (0..6)
+        .map(|w| {
+            let (stop, acked, addrs) = (stop.clone(), acked.clone(), addrs.clone());
+            std::thread::spawn(move || {
+                let mut clients: Vec<_> = addrs
+                    .iter()
+                    .map(|&a| hash_nimbus::http_client::HttpClient::new(a, Duration::from_secs(3)))
+                    .collect();
+                let mut n = 0u64;
+                while !stop.load(Ordering::Relaxed) && n < 200_000 {
+                    n += 1;
+                    let key = format!("w{w}-{n}");
+                    let node = (n as usize + w) % 3;
+                    let path = format!("/set?key={key}&value=v{n}");
+                    if let Ok(r) = clients[node].get(&path) {
+                        if r.status == 200 {
+                            acked.lock().unwrap().insert(key, format!("v{n}"));
+                        }
+                    }
+                }
+            })
+        })
+        .collect();
+    let mut rng = hash_nimbus::raft::Rng::new(42);
+    for round in 0..8 {
+        // Let writes pile up, then crash a node mid-stream.
+        std::thread::sleep(Duration::from_millis(200 + rng.below(400)));
+        let victim = if round % 2 == 0 {
+            (0..3)
+                .find(|&i| c.status(i).is_some_and(|s| s["role"] == "leader"))
+                .unwrap_or(0)
+        } else {
+            rng.below(3) as usize
+        };
+        c.kill(victim);
+        std::thread::sleep(Duration::from_millis(rng.below(300)));
+        c.spawn(victim);
+        c.check_alive();
+    }
+    stop.store(true, Ordering::Relaxed);
+    for w in writers {
+        w.join().unwrap();
+    }
+    c.wait_leader(ELECTION);
+    let acked = acked.lock().unwrap().clone();
+    assert!(
+        acked.len() > 200,
+        "too few writes acknowledged: {}",
+        acked.len()
+    );
+    for i in 0..3 {
+        poll(&format!("node {i} caught up"), ELECTION, || {
+            let s = c.status(i)?;
+            let leader = c.wait_leader_quiet()?;
+            let ls = c.status(leader)?;
+            (s["applied_index"] == ls["commit_index"]).then_some(())
+        });
+        for (k, v) in &acked {
+            let r = c.get_relaxed(i, k).unwrap();
+            assert_eq!(r.status, 200, "node {i} lost acknowledged {k}");
+            assert_eq!(&r.text(), v, "node {i} key {k}");
+        }
+    }
+}

@@ -8,14 +8,15 @@
 //!
 //! `JEPSEN_SEED=7 cargo test --release --test jepsen -- --nocapture` replays a nemesis schedule (process and
 //! network timing still vary between runs, as in any real-process test). `JEPSEN_SECS` sets the fault
-//! phase's length (default 20 s).
+//! phase's length (default 15 s) and `JEPSEN_RUNS` the number of runs per test (default 1, each with the
+//! next seed). A long soak: `JEPSEN_RUNS=100 JEPSEN_SECS=60 cargo test --release --test jepsen -- --nocapture`.
 
 mod common;
 
 use common::proxy::Proxy;
 use common::{free_ports_except, TestCluster};
 use hash_nimbus::check::analyze;
-use hash_nimbus::check::workload::{self, Run, WorkloadConfig};
+use hash_nimbus::check::workload::{self, Outcome, Run, WorkloadConfig};
 use hash_nimbus::raft::Rng;
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
@@ -86,14 +87,53 @@ fn start_cluster(n: usize) -> (TestCluster, Net) {
 }
 
 /// Runs the nemesis until `until`, then undoes every fault.
-fn nemesis(c: &mut TestCluster, net: &Net, seed: u64, until: Instant, log: &mut Vec<String>) {
+/// Which faults a run injects.
+#[derive(Clone, Copy, Debug)]
+enum Faults {
+    /// kill -9 and SIGSTOP/SIGCONT.
+    Process,
+    /// Isolated node, leader in the minority, bridge.
+    Network,
+    Mixed,
+}
+
+/// Polls until a node other than `old` reports itself leader; the time it took.
+fn time_to_new_leader(c: &TestCluster, old: usize, limit: Duration) -> Option<Duration> {
+    let t0 = Instant::now();
+    while t0.elapsed() < limit {
+        let found = (0..c.nodes.len())
+            .filter(|&i| i != old && c.is_running(i))
+            .any(|i| c.status(i).is_some_and(|s| s["role"] == "leader"));
+        if found {
+            return Some(t0.elapsed());
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    None
+}
+
+/// Runs the nemesis until `until`, then undoes every fault. Returns the election times measured after
+/// each kill of the leader.
+fn nemesis(
+    c: &mut TestCluster,
+    net: &Net,
+    faults: Faults,
+    seed: u64,
+    until: Instant,
+    log: &mut Vec<String>,
+) -> Vec<Duration> {
     let n = c.nodes.len();
     let mut rng = Rng::new(seed);
     let t0 = Instant::now();
     let mut stopped: Option<usize> = None;
+    let mut elections = Vec::new();
     while Instant::now() < until {
         let pause = Duration::from_millis(800 + rng.below(1500));
-        let action = rng.below(6);
+        let action = match faults {
+            Faults::Process => rng.below(2),
+            Faults::Network => 2 + rng.below(3),
+            Faults::Mixed => rng.below(6),
+        };
         let leader =
             (0..n).find(|&i| c.is_running(i) && c.status(i).is_some_and(|s| s["role"] == "leader"));
         let victim = if rng.chance(1, 2) {
@@ -104,7 +144,19 @@ fn nemesis(c: &mut TestCluster, net: &Net, seed: u64, until: Instant, log: &mut 
         let what = match action {
             0 => {
                 c.kill(victim);
-                format!("kill -9 node {victim}")
+                if leader == Some(victim) {
+                    match time_to_new_leader(c, victim, pause) {
+                        Some(d) => {
+                            elections.push(d);
+                            format!("kill -9 node {victim} (leader; new leader after {d:.2?})")
+                        }
+                        None => format!(
+                            "kill -9 node {victim} (leader; no new leader within {pause:?})"
+                        ),
+                    }
+                } else {
+                    format!("kill -9 node {victim}")
+                }
             }
             1 => {
                 c.signal(victim, "STOP");
@@ -164,17 +216,25 @@ fn nemesis(c: &mut TestCluster, net: &Net, seed: u64, until: Instant, log: &mut 
             c.spawn(i);
         }
     }
+    elections
 }
 
-/// The two runs share the machine's two cores: run them one at a time.
-static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
-
-fn jepsen(n: usize, seed: u64) {
-    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
-    let secs = std::env::var("JEPSEN_SECS")
+fn env_u64(name: &str, default: u64) -> u64 {
+    std::env::var(name)
         .ok()
         .and_then(|s| s.parse().ok())
-        .unwrap_or(20u64);
+        .unwrap_or(default)
+}
+
+fn jepsen(n: usize, faults: Faults, first_seed: u64) {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let secs = env_u64("JEPSEN_SECS", 15);
+    for seed in first_seed..first_seed + env_u64("JEPSEN_RUNS", 1) {
+        jepsen_run(n, faults, seed, secs);
+    }
+}
+
+fn jepsen_run(n: usize, faults: Faults, seed: u64, secs: u64) {
     let (mut c, net) = start_cluster(n);
     c.wait_leader(Duration::from_secs(30));
     let nodes: Vec<SocketAddr> = (0..n).map(|i| c.http_addr(i)).collect();
@@ -191,10 +251,25 @@ fn jepsen(n: usize, seed: u64) {
     let run = Run::new();
     let clients = workload::spawn_clients(&run, &cfg);
     let mut log = Vec::new();
-    nemesis(&mut c, &net, seed, run.start + cfg.duration, &mut log);
+    let elections = nemesis(
+        &mut c,
+        &net,
+        faults,
+        seed,
+        run.start + cfg.duration,
+        &mut log,
+    );
+    let fault_secs = run.start.elapsed().as_secs_f64();
     for h in clients {
         h.join().expect("client thread");
     }
+    let ok_during = run
+        .records
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|r| r.outcome == Outcome::Ok)
+        .count();
     // Recovery: the healed cluster must elect a leader and answer every key on every node.
     let recovered_at = Instant::now();
     c.wait_leader(Duration::from_secs(30));
@@ -203,20 +278,25 @@ fn jepsen(n: usize, seed: u64) {
     run.stop.store(true, Ordering::Relaxed);
     let records = run.records.lock().unwrap().clone();
     let report = analyze(&records);
+    let elections: Vec<String> = elections.iter().map(|d| format!("{d:.2?}")).collect();
     eprintln!(
-        "jepsen n={n} seed={seed}: {} ops ({} ok, {} failed, {} indeterminate) on {} keys; recovery {:.1?}; lost acknowledged writes {}\nnemesis:\n{}",
+        "jepsen n={n} faults={faults:?} seed={seed}: {} ops checked ({} ok, {} failed, {} indeterminate) on {} keys; \
+         availability {:.0} ok ops/s under faults; leader elected after leader kills in [{}]; \
+         recovery after healing {:.1?}; acknowledged writes lost {}\nnemesis:\n{}",
         records.len(),
         report.ok,
         report.failed,
         report.indeterminate,
         report.keys,
+        ok_during as f64 / fault_secs,
+        elections.join(", "),
         recovery,
         report.lost_writes,
         log.join("\n")
     );
     assert!(
         report.violations.is_empty(),
-        "linearizability violations (seed {seed}):\n{}",
+        "linearizability violations (seed {seed}, faults {faults:?}):\n{}",
         report.violations.join("\n")
     );
     assert_eq!(
@@ -230,6 +310,9 @@ fn jepsen(n: usize, seed: u64) {
     );
 }
 
+/// The runs share the machine's two cores: one at a time.
+static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 fn seed() -> u64 {
     std::env::var("JEPSEN_SEED")
         .ok()
@@ -238,11 +321,16 @@ fn seed() -> u64 {
 }
 
 #[test]
-fn jepsen_three_nodes() {
-    jepsen(3, seed());
+fn jepsen_three_nodes_process_faults() {
+    jepsen(3, Faults::Process, seed());
 }
 
 #[test]
-fn jepsen_five_nodes() {
-    jepsen(5, seed() + 1000);
+fn jepsen_five_nodes_network_faults() {
+    jepsen(5, Faults::Network, seed() + 1000);
+}
+
+#[test]
+fn jepsen_three_nodes_mixed_faults() {
+    jepsen(3, Faults::Mixed, seed() + 2000);
 }

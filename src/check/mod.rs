@@ -80,7 +80,12 @@ pub fn analyze(records: &[Record]) -> Report {
             .collect();
         for f in finals {
             let Op::Read(Some(v)) = f.op else { continue };
-            let Some(w) = records.iter().find(|x| x.op == Op::Write(v)) else {
+            // A write whose outcome is unknown may have taken effect at any time after its invocation,
+            // so only an acknowledged one bounds when the value was written.
+            let Some(w) = records
+                .iter()
+                .find(|x| x.op == Op::Write(v) && x.outcome == Outcome::Ok)
+            else {
                 continue;
             };
             let lost = records.iter().any(|x| {
@@ -96,4 +101,45 @@ pub fn analyze(records: &[Record]) -> Report {
         }
     }
     r
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rec(process: u64, op: Op, outcome: Outcome, invoke: u64, complete: u64) -> Record {
+        Record {
+            process,
+            node: 0,
+            key: "k".into(),
+            op,
+            outcome,
+            invoke,
+            complete,
+            detail: String::new(),
+        }
+    }
+
+    #[test]
+    fn an_indeterminate_write_may_land_late_but_an_overwritten_ack_is_lost() {
+        use Outcome::*;
+        let base = vec![
+            rec(1, Op::Write(1), Ok, 0, 10),
+            rec(2, Op::Write(2), Indeterminate, 5, 20),
+            rec(3, Op::Write(3), Ok, 30, 40),
+        ];
+        // The unknown write 2 took effect after write 3: fine.
+        let mut h = base.clone();
+        h.push(rec(FINAL_READ_PROCESS, Op::Read(Some(2)), Ok, 50, 60));
+        let r = analyze(&h);
+        assert!(r.violations.is_empty(), "{:?}", r.violations);
+        assert_eq!(r.lost_writes, 0);
+        assert_eq!((r.ok, r.indeterminate), (3, 1));
+        // Reading write 1 after write 3 was acknowledged: write 3 was lost.
+        let mut h = base;
+        h.push(rec(FINAL_READ_PROCESS, Op::Read(Some(1)), Ok, 50, 60));
+        let r = analyze(&h);
+        assert_eq!(r.lost_writes, 1);
+        assert_eq!(r.violations.len(), 1);
+    }
 }

@@ -229,8 +229,12 @@ impl Raft {
         let seq = ls.read_seq;
         let beats: Vec<_> = ls
             .progress
-            .iter()
-            .map(|(&p, pr)| (p, pr.matched.min(committed)))
+            .iter_mut()
+            .map(|(&p, pr)| {
+                let commit = pr.matched.min(committed);
+                pr.sent_commit = pr.sent_commit.max(commit);
+                (p, commit)
+            })
             .collect();
         for (p, commit) in beats {
             self.send(
@@ -286,6 +290,7 @@ impl Raft {
         let last = prev_index + entries.len() as u64;
         pr.sent(last);
         let commit = self.log.committed();
+        pr.sent_commit = pr.sent_commit.max(commit);
         self.send(
             to,
             self.term,
@@ -330,7 +335,16 @@ impl Raft {
                 if pr.on_success(index) {
                     self.maybe_commit();
                 }
-                self.send_append(from, false);
+                // Tell it the commit index if it has not heard the latest (it may have been waiting on a
+                // probe when the commit advanced), so followers apply without waiting for a heartbeat.
+                let stale_commit = match &self.role {
+                    RoleState::Leader(ls) => ls
+                        .progress
+                        .get(&from)
+                        .is_some_and(|p| p.sent_commit < self.log.committed()),
+                    _ => false,
+                };
+                self.send_append(from, stale_commit);
             }
             Some(next) => {
                 if pr.on_reject(index, next) {

@@ -36,6 +36,8 @@ pub struct Progress {
     pub recent_active: bool,
     /// Highest read-index round this follower has acknowledged.
     pub read_seq: u64,
+    /// The highest commit index sent to this follower, so a new one can be sent as soon as possible.
+    pub sent_commit: Index,
 }
 
 impl Progress {
@@ -48,6 +50,7 @@ impl Progress {
             inflight: VecDeque::new(),
             recent_active: false,
             read_seq: 0,
+            sent_commit: 0,
         }
     }
 

@@ -280,6 +280,13 @@ impl TestCluster {
         })
     }
 
+    /// The node that says it is leader, if any (no waiting).
+    pub fn wait_leader_quiet(&self) -> Option<usize> {
+        (0..self.nodes.len())
+            .filter(|&i| self.is_running(i))
+            .find(|&i| self.status(i).is_some_and(|s| s["role"] == "leader"))
+    }
+
     /// Retries a write until it is acknowledged (200) or the deadline passes.
     pub fn set_eventually(&self, i: usize, key: &str, value: &str, timeout: Duration) {
         poll(&format!("set {key} via node {i}"), timeout, || {

@@ -105,6 +105,8 @@ pub struct Stats {
     pub elections: u64,
     pub writes_acked: u64,
     pub reads_ok: u64,
+    /// AppendResponse rejections delivered.
+    pub append_rejects: u64,
 }
 
 fn command_of(e: &Entry) -> Vec<u8> {
@@ -270,6 +272,27 @@ impl Sim {
         }
         self.process(id);
         r
+    }
+
+    /// Starts `n` linearizable reads on `id` in one driver turn; returns their request ids.
+    pub fn read_batch(&mut self, id: NodeId, n: usize) -> Vec<u64> {
+        let mut ids = Vec::new();
+        for _ in 0..n {
+            let r = self.next_request;
+            self.next_request += 1;
+            self.events += 1;
+            self.requests.insert(r, (id, self.events, None));
+            self.nodes
+                .get_mut(&id)
+                .unwrap()
+                .raft
+                .as_mut()
+                .expect("node is up")
+                .read_index(r);
+            ids.push(r);
+        }
+        self.process(id);
+        ids
     }
 
     /// Starts a linearizable read on `id`; returns the request id.
@@ -532,6 +555,50 @@ impl Sim {
         for f in batch {
             self.deliver(f.msg);
         }
+    }
+
+    /// Scripted mode: delivers the queued messages that `keep` selects, in order; drops the others if
+    /// `drop_rest`, else leaves them queued.
+    pub fn deliver_where(&mut self, keep: impl Fn(&Message) -> bool, drop_rest: bool) {
+        let mut batch = std::mem::take(&mut self.net);
+        batch.sort_by_key(|f| (f.at, f.seq));
+        let (now, later): (Vec<_>, Vec<_>) = batch.into_iter().partition(|f| keep(&f.msg));
+        if !drop_rest {
+            self.net = later;
+        }
+        for f in now {
+            self.deliver(f.msg);
+        }
+    }
+
+    /// Scripted mode: delivers until no message is queued (bounded).
+    pub fn stabilize(&mut self) {
+        for _ in 0..1000 {
+            if self.net.is_empty() {
+                return;
+            }
+            self.deliver_all();
+        }
+        panic!("messages still flowing after 1000 rounds");
+    }
+
+    /// Ticks one node only.
+    pub fn tick_node(&mut self, id: NodeId) {
+        if let Some(r) = self.nodes.get_mut(&id).unwrap().raft.as_mut() {
+            r.tick();
+            self.process(id);
+        }
+    }
+
+    /// Ticks one node until it leaves the follower role (starts a pre-vote or an election), bounded.
+    pub fn campaign(&mut self, id: NodeId) {
+        for _ in 0..10_000 {
+            if self.raft(id).role() != Role::Follower {
+                return;
+            }
+            self.tick_node(id);
+        }
+        panic!("n{id} never campaigned");
     }
 
     /// Drops every queued message (scripted mode).

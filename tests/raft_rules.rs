@@ -1,0 +1,406 @@
+//! Named scenarios, one per Raft rule, driven step by step in the simulated cluster (`sim/`): messages are
+//! held until a scenario delivers them, and nodes tick only when told. Every scenario is deterministic.
+//! The property checker of `sim/` runs underneath all of them.
+
+mod sim;
+
+use hash_nimbus::raft::*;
+use sim::{Outcome, Sim};
+use std::collections::BTreeSet;
+
+fn set(ids: &[u64]) -> BTreeSet<u64> {
+    ids.iter().copied().collect()
+}
+
+fn is_election(m: &Message) -> bool {
+    matches!(
+        m.body,
+        MessageBody::PreVote { .. }
+            | MessageBody::PreVoteResponse { .. }
+            | MessageBody::Vote { .. }
+            | MessageBody::VoteResponse { .. }
+    )
+}
+
+/// Makes `id` campaign and delivers only election traffic until it leads (other messages stay queued).
+/// A failed pre-vote (its term is behind) is retried: the rejection taught it the term.
+fn win_election(sim: &mut Sim, id: u64) {
+    for _ in 0..5 {
+        sim.campaign(id);
+        for _ in 0..20 {
+            if sim.raft(id).is_leader() {
+                return;
+            }
+            sim.deliver_where(is_election, false);
+        }
+        if sim.raft(id).is_leader() {
+            return;
+        }
+    }
+    panic!("n{id} could not win an election");
+}
+
+/// Campaign, then let everything flow.
+fn elect(sim: &mut Sim, id: u64) {
+    win_election(sim, id);
+    sim.stabilize();
+    assert!(sim.raft(id).is_leader());
+}
+
+fn scripted(n: u64, tune: impl Fn(&mut Config) + 'static) -> Sim {
+    let mut sim = Sim::new(n, 7, tune);
+    sim.auto_deliver = false;
+    sim
+}
+
+/// Paper §5.4.2 and Figure 8: a leader never commits an entry of an earlier term by counting replicas.
+#[test]
+fn figure8_old_term_entries_are_not_committed_by_counting() {
+    let mut sim = scripted(5, |c| {
+        c.check_quorum = false;
+        c.max_entries_per_msg = 1;
+    });
+    elect(&mut sim, 1);
+    let t1 = sim.raft(1).term();
+    for id in 1..=5 {
+        assert_eq!(
+            sim.raft(id).log().committed(),
+            1,
+            "n{id} committed the no-op"
+        );
+    }
+    // (a) n1 replicates X at index 2 to n2 only.
+    sim.partition(vec![set(&[1, 2]), set(&[3, 4, 5])]);
+    sim.propose(1, b"X".to_vec());
+    sim.stabilize();
+    assert_eq!(sim.raft(2).log().term(2), Some(t1));
+    assert_eq!(sim.raft(1).log().committed(), 1, "2 of 5 is no quorum");
+    // (b) n1 crashes; n5 wins with the votes of n3 and n4 and appends its no-op at index 2 in its term,
+    // which reaches nobody.
+    sim.crash(1);
+    sim.partition(vec![set(&[2]), set(&[3, 4, 5])]);
+    win_election(&mut sim, 5);
+    sim.drop_all();
+    let t2 = sim.raft(5).term();
+    assert!(t2 > t1);
+    assert_eq!(sim.raft(5).log().term(2), Some(t2));
+    // (c) n5 crashes; n1 restarts and wins with n2 and n3. Its log ends with X (t1) and its own no-op.
+    sim.crash(5);
+    sim.restart(1);
+    sim.partition(vec![set(&[1, 2, 3]), set(&[4]), set(&[5])]);
+    win_election(&mut sim, 1);
+    let t3 = sim.raft(1).term();
+    assert!(t3 > t2);
+    // n1 gets X onto n3 and its own no-op onto n2 only. Now X (an entry of term t1) is on a majority
+    // {n1, n2, n3} and n1 knows it, while the no-op of t3 is on {n1, n2}: no majority.
+    let holds_index_3 = |m: &Message| matches!(&m.body, MessageBody::Append { entries, .. } if entries.iter().any(|e| e.index == 3));
+    let to_n3 = std::cell::Cell::new(0);
+    for _ in 0..20 {
+        sim.deliver_where(
+            |m| {
+                if m.to == 3 && holds_index_3(m) {
+                    // The first is n1's opening probe, which n3 rejects (it lacks index 2); hold the rest.
+                    to_n3.set(to_n3.get() + 1);
+                    return to_n3.get() == 1;
+                }
+                true
+            },
+            true,
+        );
+    }
+    assert_eq!(sim.raft(3).log().term(2), Some(t1), "X reached n3");
+    assert_eq!(sim.raft(3).log().last_index(), 2);
+    assert_eq!(sim.raft(2).log().term(3), Some(t3), "the no-op reached n2");
+    assert!(
+        sim.raft(1).progress().iter().filter(|p| p.1 >= 2).count() >= 2,
+        "n1 knows"
+    );
+    assert_eq!(
+        sim.raft(1).log().committed(),
+        1,
+        "X is on a majority but from an older term: counting replicas must not commit it"
+    );
+    // (d) Why: n1 crashes, and n5 (whose last entry has the higher term t2) wins with n3 and n4 and
+    // overwrites X. Had n1 committed X, a committed entry would now be lost.
+    sim.crash(1);
+    sim.restart(5);
+    sim.partition(vec![set(&[3, 4, 5]), set(&[1]), set(&[2])]);
+    elect(&mut sim, 5);
+    assert_eq!(
+        sim.raft(3).log().term(2),
+        Some(t2),
+        "X was overwritten on n3"
+    );
+    assert!(sim
+        .nodes
+        .values()
+        .all(|n| n.applied.iter().all(|(_, _, c)| c != b"X")));
+}
+
+/// The same start, but n1 gets its own term's entry onto the majority: then X commits with it (Figure 8 (e)).
+#[test]
+fn figure8_old_entries_commit_with_a_current_term_entry() {
+    let mut sim = scripted(5, |c| c.check_quorum = false);
+    elect(&mut sim, 1);
+    sim.partition(vec![set(&[1, 2]), set(&[3, 4, 5])]);
+    sim.propose(1, b"X".to_vec());
+    sim.stabilize();
+    sim.crash(1);
+    sim.restart(1);
+    sim.partition(vec![set(&[1, 2, 3]), set(&[4, 5])]);
+    elect(&mut sim, 1);
+    let t = sim.raft(1).term();
+    assert_eq!(sim.raft(1).log().term(3), Some(t));
+    assert_eq!(
+        sim.raft(1).log().committed(),
+        3,
+        "the no-op of the current term commits X with it"
+    );
+    assert!(sim.nodes[&3]
+        .applied
+        .iter()
+        .any(|(i, _, c)| *i == 2 && c == b"X"));
+}
+
+/// Thesis §9.6: a node partitioned away does not raise its term (its pre-votes fail), so when it comes
+/// back the leader stays.
+#[test]
+fn prevote_keeps_the_leader_when_a_partitioned_node_rejoins() {
+    let mut sim = Sim::new(3, 11, |_| {});
+    sim.run(100);
+    let leader = sim.leader().expect("a leader");
+    let term = sim.raft(leader).term();
+    let loner = (1..=3).find(|&i| i != leader).unwrap();
+    sim.partition(vec![
+        set(&[loner]),
+        (1..=3).filter(|&i| i != loner).collect(),
+    ]);
+    sim.run(300);
+    assert_eq!(
+        sim.raft(loner).term(),
+        term,
+        "pre-vote kept the partitioned node's term"
+    );
+    sim.heal();
+    sim.run(100);
+    assert_eq!(sim.leader(), Some(leader), "the leader was not disturbed");
+    assert_eq!(sim.raft(leader).term(), term);
+    assert_eq!(sim.raft(loner).leader(), Some(leader));
+}
+
+/// For contrast: without pre-vote the partitioned node inflates its term and deposes the leader on return.
+#[test]
+fn without_prevote_a_rejoining_node_disrupts_the_leader() {
+    let mut sim = Sim::new(3, 11, |c| {
+        c.pre_vote = false;
+        c.check_quorum = false;
+    });
+    sim.run(100);
+    let leader = sim.leader().expect("a leader");
+    let term = sim.raft(leader).term();
+    let loner = (1..=3).find(|&i| i != leader).unwrap();
+    sim.partition(vec![
+        set(&[loner]),
+        (1..=3).filter(|&i| i != loner).collect(),
+    ]);
+    sim.run(300);
+    assert!(sim.raft(loner).term() > term + 5, "the term inflated");
+    sim.heal();
+    sim.run(100);
+    assert!(
+        sim.raft(sim.leader().unwrap()).term() > term,
+        "the old leader was deposed"
+    );
+}
+
+/// Thesis §6.2: a leader cut off from the majority steps down within an election timeout; the majority
+/// elects another; after healing the old leader follows.
+#[test]
+fn check_quorum_steps_down_an_isolated_leader() {
+    let mut sim = Sim::new(3, 5, |_| {});
+    sim.run(100);
+    let old = sim.leader().unwrap();
+    let election = sim.raft(old).config().election_ticks as u64;
+    sim.partition(vec![set(&[old]), (1..=3).filter(|&i| i != old).collect()]);
+    sim.run(2 * election);
+    assert_ne!(
+        sim.raft(old).role(),
+        Role::Leader,
+        "stepped down within two election timeouts"
+    );
+    sim.run(100);
+    let new = sim.leader().unwrap();
+    assert_ne!(new, old);
+    sim.heal();
+    sim.run(50);
+    assert_eq!(sim.raft(old).leader(), Some(new));
+    // Without check-quorum the isolated leader would lead on alone, forever.
+    let mut sim = Sim::new(3, 5, |c| c.check_quorum = false);
+    sim.run(100);
+    let old = sim.leader().unwrap();
+    sim.partition(vec![set(&[old]), (1..=3).filter(|&i| i != old).collect()]);
+    sim.run(200);
+    assert!(sim.raft(old).is_leader());
+}
+
+/// Paper §5.3 (end): a follower with a long divergent suffix is repaired with a few rejections, not one
+/// per entry, because its rejection names the conflicting term and where it starts.
+#[test]
+fn conflict_hints_back_up_a_whole_term_at_a_time() {
+    let mut sim = Sim::new(3, 3, |c| c.max_entries_per_msg = 64);
+    sim.run(100);
+    let old = sim.leader().unwrap();
+    // The old leader, alone, takes 100 writes that can never commit.
+    sim.partition(vec![set(&[old]), (1..=3).filter(|&i| i != old).collect()]);
+    for k in 0..100 {
+        sim.propose(old, format!("lost {k}").into_bytes());
+    }
+    sim.run(100);
+    let new = sim.leader().unwrap();
+    for k in 0..20 {
+        sim.propose(new, format!("kept {k}").into_bytes());
+    }
+    sim.run(20);
+    assert!(sim.raft(old).log().last_index() > sim.raft(new).log().last_index() + 50);
+    let before = sim.stats.append_rejects;
+    sim.heal();
+    sim.run(50);
+    let rejects = sim.stats.append_rejects - before;
+    assert!(
+        rejects <= 3,
+        "{rejects} rejections to repair a 100-entry divergence"
+    );
+    assert_eq!(
+        sim.raft(old).log().last_index(),
+        sim.raft(new).log().last_index()
+    );
+    assert!(sim.nodes[&old]
+        .applied
+        .iter()
+        .all(|(_, _, c)| !c.starts_with(b"lost")));
+    sim.check_converged().unwrap();
+}
+
+/// Paper §5.2: two candidates split the vote; nobody wins that term; randomized timeouts then elect one.
+#[test]
+fn split_votes_resolve_in_a_later_term() {
+    let mut sim = scripted(4, |c| {
+        c.pre_vote = false;
+        c.check_quorum = false;
+    });
+    // n1 and n2 time out together and ask for votes in the same term.
+    sim.campaign(1);
+    sim.campaign(2);
+    let term = sim.raft(1).term();
+    assert_eq!(sim.raft(2).term(), term);
+    // n3 hears n1 first, n4 hears n2 first: 2 votes each, no majority of 4.
+    let first = |m: &Message, from: u64, to: u64| m.from == from && m.to == to;
+    sim.deliver_where(|m| first(m, 1, 3) || first(m, 2, 4), false);
+    sim.deliver_all();
+    sim.stabilize();
+    assert!(sim
+        .nodes
+        .values()
+        .all(|n| !n.raft.as_ref().unwrap().is_leader()));
+    assert_eq!(sim.raft(1).role(), Role::Candidate);
+    // Time goes on for everyone: the first randomized timeout to fire wins the next term.
+    sim.auto_deliver = true;
+    sim.run(200);
+    let leader = sim.leader().expect("a leader after the split");
+    assert!(sim.raft(leader).term() > term);
+}
+
+/// Thesis §6.4: reads on the leader share one heartbeat round; a follower's read is forwarded and
+/// confirmed; a leader cut off from the majority never confirms a read.
+#[test]
+fn read_index_rounds() {
+    let mut sim = scripted(3, |_| {});
+    elect(&mut sim, 1);
+    let w = sim.propose(1, b"v1".to_vec());
+    sim.stabilize();
+    assert!(matches!(sim.outcomes[&w], Outcome::Written(..)));
+    let reads = sim.read_batch(1, 5);
+    // One round: exactly one heartbeat per follower went out for the five reads of one driver turn.
+    assert_eq!(sim.queued(), 2);
+    sim.stabilize();
+    let Outcome::Written(w_index, _) = sim.outcomes[&w] else {
+        unreachable!()
+    };
+    for r in &reads {
+        assert!(
+            matches!(sim.outcomes[r], Outcome::Read(i) if i >= w_index),
+            "{:?}",
+            sim.outcomes[r]
+        );
+    }
+    let fr = sim.read(2);
+    sim.stabilize();
+    assert!(matches!(sim.outcomes[&fr], Outcome::Read(i) if i >= w_index));
+    // Isolated, the leader cannot confirm; when it steps down the read fails.
+    sim.partition(vec![set(&[1]), set(&[2, 3])]);
+    let r = sim.read(1);
+    sim.stabilize();
+    assert!(!sim.outcomes.contains_key(&r), "no quorum, no answer");
+    for _ in 0..40 {
+        sim.tick_node(1);
+    }
+    assert_eq!(
+        sim.outcomes.get(&r),
+        Some(&Outcome::Failed(RequestError::LeaderChanged))
+    );
+}
+
+/// A follower forwards proposals to the leader; without a known leader a proposal fails at once.
+#[test]
+fn forwarded_proposals() {
+    let mut sim = scripted(3, |_| {});
+    let early = sim.propose(2, b"too early".to_vec());
+    assert_eq!(
+        sim.outcomes[&early],
+        Outcome::Failed(RequestError::NotLeader { leader: None })
+    );
+    elect(&mut sim, 1);
+    let w = sim.propose(3, b"via n3".to_vec());
+    sim.stabilize();
+    assert!(matches!(sim.outcomes[&w], Outcome::Written(2, _)));
+    for id in 1..=3 {
+        assert!(sim.nodes[&id]
+            .applied
+            .iter()
+            .any(|(_, _, c)| c == b"via n3"));
+    }
+}
+
+/// Persistent state survives crashes: term, vote and log; committed entries are applied again on restart.
+#[test]
+fn restart_keeps_term_vote_and_log() {
+    let mut sim = scripted(3, |_| {});
+    elect(&mut sim, 1);
+    for k in 0..5 {
+        sim.propose(1, format!("e{k}").into_bytes());
+    }
+    sim.stabilize();
+    let before = (
+        sim.raft(2).term(),
+        sim.raft(2).vote(),
+        sim.raft(2).log().last_index(),
+    );
+    sim.crash(2);
+    sim.crash(1);
+    sim.restart(2);
+    let after = (
+        sim.raft(2).term(),
+        sim.raft(2).vote(),
+        sim.raft(2).log().last_index(),
+    );
+    assert_eq!(before, after);
+    assert_eq!(
+        sim.nodes[&2].applied.len(),
+        5,
+        "re-applied the committed commands"
+    );
+    sim.restart(1);
+    elect(&mut sim, 2);
+    sim.stabilize();
+    sim.check_converged().unwrap();
+}
