@@ -9,7 +9,9 @@
 //!   ETags and compare-and-swap.
 //!
 //! Command encoding (part of the log format): a version byte (1), a tag byte, then the fields with
-//! [`crate::codec`]: `Put` = tag 1, key bytes, value bytes; `Delete` = tag 2, key bytes.
+//! [`crate::codec`]: unconditional `Put` = tag 1, key, value; unconditional `Delete` = tag 2, key;
+//! conditional `Put` = tag 3, key, value, condition; conditional `Delete` = tag 4, key, condition. A
+//! condition is a byte (1 = the key must be absent, 2 = its modify index must equal the `u64` that follows).
 
 use crate::codec::{DecodeError, Reader, Writer};
 use crate::raft::Index;
@@ -17,11 +19,48 @@ use std::collections::BTreeMap;
 
 const COMMAND_VERSION: u8 = 1;
 
+/// A precondition on the key's current state, checked when the command is applied.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Condition {
+    /// No condition.
+    Any,
+    /// The key must not exist (create only).
+    Absent,
+    /// The key must exist with this modify index (compare-and-swap).
+    Index(Index),
+}
+
 /// A state machine command.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Command {
-    Put { key: Vec<u8>, value: Vec<u8> },
-    Delete { key: Vec<u8> },
+    Put {
+        key: Vec<u8>,
+        value: Vec<u8>,
+        cond: Condition,
+    },
+    Delete {
+        key: Vec<u8>,
+        cond: Condition,
+    },
+}
+
+fn put_cond(w: &mut Writer, c: Condition) {
+    match c {
+        Condition::Any => unreachable!("unconditional commands use their own tags"),
+        Condition::Absent => w.u8(1),
+        Condition::Index(i) => {
+            w.u8(2);
+            w.u64(i);
+        }
+    }
+}
+
+fn get_cond(r: &mut Reader) -> Result<Condition, DecodeError> {
+    match r.u8()? {
+        1 => Ok(Condition::Absent),
+        2 => Ok(Condition::Index(r.u64()?)),
+        t => Err(DecodeError(format!("unknown condition {t}"))),
+    }
 }
 
 impl Command {
@@ -29,14 +68,32 @@ impl Command {
         let mut w = Writer::new();
         w.u8(COMMAND_VERSION);
         match self {
-            Command::Put { key, value } => {
+            Command::Put {
+                key,
+                value,
+                cond: Condition::Any,
+            } => {
                 w.u8(1);
                 w.bytes(key);
                 w.bytes(value);
             }
-            Command::Delete { key } => {
+            Command::Delete {
+                key,
+                cond: Condition::Any,
+            } => {
                 w.u8(2);
                 w.bytes(key);
+            }
+            Command::Put { key, value, cond } => {
+                w.u8(3);
+                w.bytes(key);
+                w.bytes(value);
+                put_cond(&mut w, *cond);
+            }
+            Command::Delete { key, cond } => {
+                w.u8(4);
+                w.bytes(key);
+                put_cond(&mut w, *cond);
             }
         }
         w.into_inner()
@@ -52,8 +109,21 @@ impl Command {
             1 => Command::Put {
                 key: r.bytes()?,
                 value: r.bytes()?,
+                cond: Condition::Any,
             },
-            2 => Command::Delete { key: r.bytes()? },
+            2 => Command::Delete {
+                key: r.bytes()?,
+                cond: Condition::Any,
+            },
+            3 => Command::Put {
+                key: r.bytes()?,
+                value: r.bytes()?,
+                cond: get_cond(&mut r)?,
+            },
+            4 => Command::Delete {
+                key: r.bytes()?,
+                cond: get_cond(&mut r)?,
+            },
             t => return Err(DecodeError(format!("unknown command tag {t}"))),
         };
         r.finish()?;
@@ -68,6 +138,8 @@ pub enum ApplyResult {
     Ok { index: Index },
     /// A delete of a key that does not exist.
     NotFound,
+    /// The condition did not hold; nothing changed. Carries the key's current modify index (None: absent).
+    ConditionFailed { current: Option<Index> },
     /// The entry did not hold a valid command.
     Invalid(String),
 }
@@ -124,6 +196,26 @@ impl KvStore {
         self.map.get(key)
     }
 
+    /// Up to `limit` entries whose key starts with `prefix`, in key order, strictly after `after` if given.
+    pub fn scan(
+        &self,
+        prefix: &[u8],
+        after: Option<&[u8]>,
+        limit: usize,
+    ) -> Vec<(&[u8], &Versioned)> {
+        use std::ops::Bound;
+        let lower = match after {
+            Some(a) if a >= prefix => Bound::Excluded(a.to_vec()),
+            _ => Bound::Included(prefix.to_vec()),
+        };
+        self.map
+            .range((lower, Bound::Unbounded))
+            .take_while(|(k, _)| k.starts_with(prefix))
+            .take(limit)
+            .map(|(k, v)| (k.as_slice(), v))
+            .collect()
+    }
+
     /// Applies the command bytes of the entry at `index`.
     pub fn apply(&mut self, index: Index, data: &[u8]) -> ApplyResult {
         assert!(
@@ -136,8 +228,20 @@ impl KvStore {
             Ok(c) => c,
             Err(e) => return ApplyResult::Invalid(e.to_string()),
         };
+        let (key, cond) = match &cmd {
+            Command::Put { key, cond, .. } | Command::Delete { key, cond } => (key, *cond),
+        };
+        let current = self.map.get(key).map(|v| v.modify_index);
+        let holds = match cond {
+            Condition::Any => true,
+            Condition::Absent => current.is_none(),
+            Condition::Index(i) => current == Some(i),
+        };
+        if !holds {
+            return ApplyResult::ConditionFailed { current };
+        }
         match cmd {
-            Command::Put { key, value } => {
+            Command::Put { key, value, .. } => {
                 let (key_len, value_len) = (key.len(), value.len());
                 let old = self.map.insert(
                     key,
@@ -153,7 +257,7 @@ impl KvStore {
                 }
                 ApplyResult::Ok { index }
             }
-            Command::Delete { key } => match self.map.remove(&key) {
+            Command::Delete { key, .. } => match self.map.remove(&key) {
                 Some(old) => {
                     self.data_bytes -= key.len() + old.value.len();
                     ApplyResult::Ok { index }
@@ -174,15 +278,32 @@ mod tests {
             Command::Put {
                 key: b"k".to_vec(),
                 value: b"v".to_vec(),
+                cond: Condition::Any,
             },
-            Command::Delete { key: vec![0, 255] },
+            Command::Delete {
+                key: vec![0, 255],
+                cond: Condition::Any,
+            },
+            Command::Put {
+                key: b"k".to_vec(),
+                value: vec![],
+                cond: Condition::Absent,
+            },
+            Command::Delete {
+                key: b"k".to_vec(),
+                cond: Condition::Index(u64::MAX),
+            },
         ] {
             assert_eq!(Command::decode(&c.encode()).unwrap(), c);
         }
         assert!(Command::decode(&[]).is_err());
         assert!(Command::decode(&[9, 1]).is_err());
         assert!(Command::decode(&[1, 7]).is_err());
-        let mut buf = Command::Delete { key: b"k".to_vec() }.encode();
+        let mut buf = Command::Delete {
+            key: b"k".to_vec(),
+            cond: Condition::Any,
+        }
+        .encode();
         buf.push(0);
         assert!(Command::decode(&buf).is_err(), "trailing bytes");
     }
@@ -194,6 +315,7 @@ mod tests {
             Command::Put {
                 key: k.into(),
                 value: v.into(),
+                cond: Condition::Any,
             }
             .encode()
         };
@@ -203,11 +325,88 @@ mod tests {
         assert_eq!(kv.get(b"a").unwrap().value, b"q");
         assert_eq!(kv.get(b"a").unwrap().modify_index, 2);
         assert_eq!(kv.data_bytes(), 2);
-        let del = Command::Delete { key: b"a".to_vec() }.encode();
+        let del = Command::Delete {
+            key: b"a".to_vec(),
+            cond: Condition::Any,
+        }
+        .encode();
         assert_eq!(kv.apply(3, &del), ApplyResult::Ok { index: 3 });
         assert_eq!(kv.apply(4, &del), ApplyResult::NotFound);
         assert_eq!(kv.data_bytes(), 0);
         assert!(matches!(kv.apply(5, b"junk"), ApplyResult::Invalid(_)));
         assert_eq!(kv.applied(), 5);
+    }
+
+    #[test]
+    fn conditions_compare_and_swap_and_create_only() {
+        let mut kv = KvStore::new();
+        let put = |k: &str, v: &str, cond| {
+            Command::Put {
+                key: k.into(),
+                value: v.into(),
+                cond,
+            }
+            .encode()
+        };
+        assert_eq!(
+            kv.apply(1, &put("a", "1", Condition::Absent)),
+            ApplyResult::Ok { index: 1 }
+        );
+        assert_eq!(
+            kv.apply(2, &put("a", "2", Condition::Absent)),
+            ApplyResult::ConditionFailed { current: Some(1) }
+        );
+        assert_eq!(
+            kv.apply(3, &put("a", "3", Condition::Index(2))),
+            ApplyResult::ConditionFailed { current: Some(1) }
+        );
+        assert_eq!(
+            kv.apply(4, &put("a", "4", Condition::Index(1))),
+            ApplyResult::Ok { index: 4 }
+        );
+        assert_eq!(kv.get(b"a").unwrap().value, b"4");
+        let del = |cond| {
+            Command::Delete {
+                key: b"a".to_vec(),
+                cond,
+            }
+            .encode()
+        };
+        assert_eq!(
+            kv.apply(5, &del(Condition::Index(1))),
+            ApplyResult::ConditionFailed { current: Some(4) }
+        );
+        assert_eq!(
+            kv.apply(6, &del(Condition::Index(4))),
+            ApplyResult::Ok { index: 6 }
+        );
+        assert_eq!(
+            kv.apply(7, &put("a", "x", Condition::Index(4))),
+            ApplyResult::ConditionFailed { current: None }
+        );
+        assert_eq!(kv.applied(), 7);
+    }
+
+    #[test]
+    fn scan_by_prefix_with_cursor() {
+        let mut kv = KvStore::new();
+        for (i, k) in ["a", "b/1", "b/2", "b/3", "c"].iter().enumerate() {
+            let cmd = Command::Put {
+                key: k.as_bytes().to_vec(),
+                value: b"v".to_vec(),
+                cond: Condition::Any,
+            };
+            kv.apply(i as u64 + 1, &cmd.encode());
+        }
+        let keys = |v: Vec<(&[u8], &Versioned)>| -> Vec<String> {
+            v.into_iter()
+                .map(|(k, _)| String::from_utf8_lossy(k).into_owned())
+                .collect()
+        };
+        assert_eq!(keys(kv.scan(b"b/", None, 10)), ["b/1", "b/2", "b/3"]);
+        assert_eq!(keys(kv.scan(b"b/", None, 2)), ["b/1", "b/2"]);
+        assert_eq!(keys(kv.scan(b"b/", Some(b"b/2"), 10)), ["b/3"]);
+        assert_eq!(keys(kv.scan(b"", Some(b"b/3"), 10)), ["c"]);
+        assert!(kv.scan(b"z", None, 10).is_empty());
     }
 }

@@ -2,7 +2,8 @@
 //!
 //! Status codes (the contract the README documents):
 //! - 200: done. A write was committed by a quorum and applied; a read saw everything acknowledged before it.
-//! - 400 bad input, 404 no such key or route, 413 key or value too large.
+//! - 400 bad input, 404 no such key or route, 405 wrong method, 412 a condition (`If-Match`, `If-None-Match`) failed (nothing
+//!   changed; the body names the key's current index), 413 key or value too large.
 //! - 503 `no_leader`, `not_leader`, `busy`, `not_committed`: the request was **not** applied; retry.
 //! - 503 `leader_changed` and 504 `timeout`: the outcome is **unknown** (a write may or may not have been
 //!   applied). Retrying a write is only safe if it is idempotent.
@@ -28,7 +29,7 @@ pub enum ClientRequest {
         reply: Sender<Result<WriteOk, ApiError>>,
     },
     Read {
-        key: Vec<u8>,
+        query: ReadQuery,
         consistency: Consistency,
         reply: Sender<Result<ReadOk, ApiError>>,
     },
@@ -36,6 +37,21 @@ pub enum ClientRequest {
         reply: Sender<serde_json::Value>,
     },
 }
+
+/// What a read looks at.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ReadQuery {
+    Get(Vec<u8>),
+    /// Keys starting with `prefix`, strictly after `after`, at most `limit` of them.
+    Scan {
+        prefix: Vec<u8>,
+        after: Option<Vec<u8>>,
+        limit: usize,
+    },
+}
+
+/// One key of a scan: key, value, modify index.
+pub type Item = (Vec<u8>, Vec<u8>, Index);
 
 /// A write that was committed and applied.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -49,7 +65,11 @@ pub struct WriteOk {
 /// The answer to a read: the value (if any) and the applied index it was read at.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ReadOk {
+    /// For `Get`: the value, if the key exists.
     pub value: Option<Vec<u8>>,
+    /// For `Scan`: the keys found, in order, and whether more may follow.
+    pub items: Vec<Item>,
+    pub more: bool,
     pub modify_index: Index,
     pub applied_index: Index,
     pub term: Term,
@@ -59,8 +79,13 @@ pub struct ReadOk {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ApiError {
     BadRequest(String),
+    MethodNotAllowed(String),
     TooLarge(String),
     NotFound(String),
+    /// A condition did not hold; nothing changed. The key's current modify index (None: absent).
+    PreconditionFailed {
+        current: Option<Index>,
+    },
     /// No leader is known; nothing was applied.
     NoLeader,
     /// The request reached a node that is not the leader; nothing was applied.
@@ -84,8 +109,10 @@ impl ApiError {
     pub fn status_and_code(&self) -> (u16, &'static str) {
         match self {
             ApiError::BadRequest(_) => (400, "bad_request"),
+            ApiError::MethodNotAllowed(_) => (405, "method_not_allowed"),
             ApiError::TooLarge(_) => (413, "too_large"),
             ApiError::NotFound(_) => (404, "not_found"),
+            ApiError::PreconditionFailed { .. } => (412, "precondition_failed"),
             ApiError::NoLeader => (503, "no_leader"),
             ApiError::NotLeader { .. } => (503, "not_leader"),
             ApiError::NotCommitted => (503, "not_committed"),
@@ -98,7 +125,16 @@ impl ApiError {
 
     pub fn message(&self) -> String {
         match self {
+            ApiError::PreconditionFailed { current } => match current {
+                Some(i) => format!(
+                    "the condition did not hold: the key's current index is {i}; nothing changed"
+                ),
+                None => {
+                    "the condition did not hold: the key does not exist; nothing changed".into()
+                }
+            },
             ApiError::BadRequest(m)
+            | ApiError::MethodNotAllowed(m)
             | ApiError::TooLarge(m)
             | ApiError::NotFound(m)
             | ApiError::Internal(m) => m.clone(),
@@ -135,6 +171,9 @@ impl ApiError {
         } = self
         {
             err["leader"] = serde_json::json!({"id": id, "raft_addr": leader_addr});
+        }
+        if let ApiError::PreconditionFailed { current } = self {
+            err["current_index"] = serde_json::json!(current);
         }
         serde_json::json!({ "error": err })
     }

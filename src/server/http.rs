@@ -15,16 +15,17 @@
 //! Limits: keys 1..=`max_key_bytes` (default 4 KiB), values up to `max_value_bytes` (default 1 MiB), URLs up
 //! to 8 KiB plus the value size; anything larger is refused with 413 before it reaches the log.
 
-use super::api::{ApiError, ClientRequest, Consistency, ReadOk, WriteOk};
+use super::api::{ApiError, ClientRequest, Consistency, ReadOk, ReadQuery, WriteOk};
 use crate::config::NodeConfig;
-use crate::kv::Command;
+use crate::kv::{Command, Condition};
 use crossbeam_channel::{Receiver, Sender, TrySendError};
 use std::io::Cursor;
 use std::sync::Arc;
 use std::time::Duration;
 use tiny_http::{Header, Method, Request, Response, Server};
 
-type HttpResponse = Response<Cursor<Vec<u8>>>;
+pub(super) type HttpResponse = Response<Cursor<Vec<u8>>>;
+pub(super) type Params = [(String, Vec<u8>)];
 
 /// Serves requests until the server is unblocked (shutdown).
 pub fn worker(server: Arc<Server>, to_raft: Sender<ClientRequest>, cfg: Arc<NodeConfig>) {
@@ -36,15 +37,17 @@ pub fn worker(server: Arc<Server>, to_raft: Sender<ClientRequest>, cfg: Arc<Node
                 return;
             }
         };
-        let resp = handle(&req, &to_raft, &cfg);
+        let mut req = req;
+        let resp = handle(&mut req, &to_raft, &cfg);
         if let Err(e) = req.respond(resp) {
             log::debug!("http: failed to send a response: {e}");
         }
     }
 }
 
-fn handle(req: &Request, to_raft: &Sender<ClientRequest>, cfg: &NodeConfig) -> HttpResponse {
-    let url = req.url();
+fn handle(req: &mut Request, to_raft: &Sender<ClientRequest>, cfg: &NodeConfig) -> HttpResponse {
+    let url = req.url().to_string();
+    let url = url.as_str();
     let max_url = 8192 + cfg.max_value_bytes * 3;
     if url.len() > max_url {
         return error_response(&ApiError::TooLarge(format!(
@@ -57,34 +60,40 @@ fn handle(req: &Request, to_raft: &Sender<ClientRequest>, cfg: &NodeConfig) -> H
         Ok(p) => p,
         Err(e) => return error_response(&ApiError::BadRequest(e)),
     };
-    let method = req.method();
-    let result = match (path, method) {
+    let method = req.method().clone();
+    if path == "/v1/kv" || path.starts_with("/v1/kv/") {
+        return super::rest::handle(req, path, &params, to_raft, cfg)
+            .unwrap_or_else(|e| error_response(&e));
+    }
+    let result = match (path, &method) {
         ("/set", Method::Get | Method::Post | Method::Put) => set(&params, to_raft, cfg),
         ("/get", Method::Get) => get(&params, to_raft, cfg),
         ("/delete", Method::Get | Method::Post | Method::Delete) => delete(&params, to_raft, cfg),
         ("/status", Method::Get) => status(to_raft, cfg),
-        ("/set" | "/get" | "/delete" | "/status", _) => {
-            let mut r = error_response(&ApiError::BadRequest(format!(
-                "method {method} not allowed on {path}"
-            )));
-            r = r.with_status_code(405);
-            return r;
-        }
+        ("/health", Method::Get) => health(to_raft, cfg),
+        ("/set" | "/get" | "/delete" | "/status" | "/health", m) => Err(
+            ApiError::MethodNotAllowed(format!("method {m} not allowed on {path}")),
+        ),
         _ => Err(ApiError::NotFound(format!("no route {path}"))),
     };
     result.unwrap_or_else(|e| error_response(&e))
 }
 
-fn param<'a>(params: &'a [(String, Vec<u8>)], name: &str) -> Option<&'a [u8]> {
+pub(super) fn param<'a>(params: &'a Params, name: &str) -> Option<&'a [u8]> {
     params
         .iter()
         .find(|(k, _)| k == name)
         .map(|(_, v)| v.as_slice())
 }
 
-fn key_param(params: &[(String, Vec<u8>)], cfg: &NodeConfig) -> Result<Vec<u8>, ApiError> {
+fn key_param(params: &Params, cfg: &NodeConfig) -> Result<Vec<u8>, ApiError> {
     let key = param(params, "key")
         .ok_or_else(|| ApiError::BadRequest("missing query parameter \"key\"".into()))?;
+    check_key(key, cfg)
+}
+
+/// Keys are 1..=`max_key_bytes` bytes.
+pub(super) fn check_key(key: &[u8], cfg: &NodeConfig) -> Result<Vec<u8>, ApiError> {
     if key.is_empty() {
         return Err(ApiError::BadRequest("key must not be empty".into()));
     }
@@ -106,16 +115,11 @@ fn set(
     let key = key_param(params, cfg)?;
     let value = param(params, "value")
         .ok_or_else(|| ApiError::BadRequest("missing query parameter \"value\"".into()))?;
-    if value.len() > cfg.max_value_bytes {
-        return Err(ApiError::TooLarge(format!(
-            "value of {} bytes exceeds the limit of {}",
-            value.len(),
-            cfg.max_value_bytes
-        )));
-    }
+    check_value_len(value.len(), cfg)?;
     let command = Command::Put {
         key,
         value: value.to_vec(),
+        cond: Condition::Any,
     };
     let ok = write(command, to_raft, cfg)?;
     Ok(text_response(200, "OK\n").with_header(index_header(&ok)))
@@ -127,7 +131,14 @@ fn delete(
     cfg: &NodeConfig,
 ) -> Result<HttpResponse, ApiError> {
     let key = key_param(params, cfg)?;
-    let ok = write(Command::Delete { key }, to_raft, cfg)?;
+    let ok = write(
+        Command::Delete {
+            key,
+            cond: Condition::Any,
+        },
+        to_raft,
+        cfg,
+    )?;
     if !ok.found {
         return Err(ApiError::NotFound("no such key".into()));
     }
@@ -156,16 +167,7 @@ fn get(
     } else {
         Consistency::Linearizable
     };
-    let (reply, rx) = crossbeam_channel::bounded(1);
-    submit(
-        to_raft,
-        ClientRequest::Read {
-            key,
-            consistency,
-            reply,
-        },
-    )?;
-    let ok: ReadOk = wait(rx, cfg)??;
+    let ok = read(ReadQuery::Get(key), consistency, to_raft, cfg)?;
     let Some(value) = ok.value else {
         return Err(ApiError::NotFound("no such key".into()));
     };
@@ -190,7 +192,58 @@ fn status(to_raft: &Sender<ClientRequest>, cfg: &NodeConfig) -> Result<HttpRespo
     Ok(json_response(200, &v))
 }
 
-fn write(
+/// 200 when this node knows a leader and has applied everything it knows to be committed (within 1,000
+/// entries); 503 otherwise. For load balancers.
+fn health(to_raft: &Sender<ClientRequest>, cfg: &NodeConfig) -> Result<HttpResponse, ApiError> {
+    let (reply, rx) = crossbeam_channel::bounded(1);
+    submit(to_raft, ClientRequest::Status { reply })?;
+    let s = wait(rx, cfg)?;
+    let leader = !s["leader"].is_null();
+    let lag = s["commit_index"].as_u64().unwrap_or(0)
+        - s["applied_index"]
+            .as_u64()
+            .unwrap_or(0)
+            .min(s["commit_index"].as_u64().unwrap_or(0));
+    let healthy = leader && lag <= 1000;
+    let body = serde_json::json!({"healthy": healthy, "leader": s["leader"], "apply_lag": lag});
+    let mut r = json_response(if healthy { 200 } else { 503 }, &body);
+    if !healthy {
+        r = r.with_header(header("Retry-After", "1"));
+    }
+    Ok(r)
+}
+
+/// Values are at most `max_value_bytes`.
+pub(super) fn check_value_len(len: usize, cfg: &NodeConfig) -> Result<(), ApiError> {
+    if len > cfg.max_value_bytes {
+        return Err(ApiError::TooLarge(format!(
+            "value of {len} bytes exceeds the limit of {}",
+            cfg.max_value_bytes
+        )));
+    }
+    Ok(())
+}
+
+/// Runs a read on the Raft thread and waits for the answer.
+pub(super) fn read(
+    query: ReadQuery,
+    consistency: Consistency,
+    to_raft: &Sender<ClientRequest>,
+    cfg: &NodeConfig,
+) -> Result<ReadOk, ApiError> {
+    let (reply, rx) = crossbeam_channel::bounded(1);
+    submit(
+        to_raft,
+        ClientRequest::Read {
+            query,
+            consistency,
+            reply,
+        },
+    )?;
+    wait(rx, cfg)?
+}
+
+pub(super) fn write(
     command: Command,
     to_raft: &Sender<ClientRequest>,
     cfg: &NodeConfig,
@@ -222,7 +275,7 @@ fn wait<T>(rx: Receiver<T>, cfg: &NodeConfig) -> Result<T, ApiError> {
         })
 }
 
-fn header(name: &str, value: &str) -> Header {
+pub(super) fn header(name: &str, value: &str) -> Header {
     Header::from_bytes(name.as_bytes(), value.as_bytes()).expect("static header names are valid")
 }
 
@@ -236,7 +289,7 @@ fn text_response(status: u16, body: &str) -> HttpResponse {
         .with_header(header("Content-Type", "text/plain; charset=utf-8"))
 }
 
-fn json_response(status: u16, v: &serde_json::Value) -> HttpResponse {
+pub(super) fn json_response(status: u16, v: &serde_json::Value) -> HttpResponse {
     let mut body = serde_json::to_vec(v).unwrap_or_else(|_| b"{}".to_vec());
     body.push(b'\n');
     Response::from_data(body)
@@ -244,7 +297,7 @@ fn json_response(status: u16, v: &serde_json::Value) -> HttpResponse {
         .with_header(header("Content-Type", "application/json"))
 }
 
-fn error_response(e: &ApiError) -> HttpResponse {
+pub(super) fn error_response(e: &ApiError) -> HttpResponse {
     let (status, _) = e.status_and_code();
     let mut r = json_response(status, &e.to_json());
     if status == 503 {
@@ -266,7 +319,7 @@ pub fn parse_query(q: &str) -> Result<Vec<(String, Vec<u8>)>, String> {
     Ok(out)
 }
 
-fn percent_decode(s: &str) -> Result<Vec<u8>, String> {
+pub(super) fn percent_decode(s: &str) -> Result<Vec<u8>, String> {
     let b = s.as_bytes();
     let mut out = Vec::with_capacity(b.len());
     let mut i = 0;

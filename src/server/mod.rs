@@ -14,6 +14,7 @@
 pub mod api;
 pub mod http;
 mod raft_loop;
+mod rest;
 
 use crate::config::{connect_addr, listen_addr, NodeConfig};
 use crate::kv::KvStore;

@@ -13,7 +13,7 @@
 //! - The loop never blocks on the network: the transport's `send` only enqueues.
 //! - A storage failure is fatal: the loop stops, and the node with it, since what is durable is unknown.
 
-use super::api::{ApiError, ClientRequest, Consistency, ReadOk, WriteOk};
+use super::api::{ApiError, ClientRequest, Consistency, ReadOk, ReadQuery, WriteOk};
 use crate::config::NodeConfig;
 use crate::kv::{ApplyResult, KvStore};
 use crate::raft::{EntryKind, Index, Message, Raft, RequestError, Role, Term};
@@ -32,7 +32,7 @@ const RECENT_RESULTS: usize = 65_536;
 enum Waiter {
     Write(Sender<Result<WriteOk, ApiError>>),
     Read {
-        key: Vec<u8>,
+        query: ReadQuery,
         reply: Sender<Result<ReadOk, ApiError>>,
     },
 }
@@ -171,19 +171,19 @@ impl RaftLoop {
                 self.raft.propose(id, vec![command.encode()]);
             }
             ClientRequest::Read {
-                key,
+                query,
                 consistency: Consistency::Stale,
                 reply,
             } => {
-                let _ = reply.send(Ok(self.read_local(&key)));
+                let _ = reply.send(Ok(self.read_local(&query)));
             }
             ClientRequest::Read {
-                key,
+                query,
                 consistency: Consistency::Linearizable,
                 reply,
             } => {
                 let id = self.request_id();
-                self.park(id, Waiter::Read { key, reply });
+                self.park(id, Waiter::Read { query, reply });
                 self.raft.read_index(id);
             }
             ClientRequest::Status { reply } => {
@@ -192,14 +192,40 @@ impl RaftLoop {
         }
     }
 
-    fn read_local(&self, key: &[u8]) -> ReadOk {
-        let v = self.kv.get(key);
-        ReadOk {
-            value: v.map(|v| v.value.clone()),
-            modify_index: v.map(|v| v.modify_index).unwrap_or(0),
+    fn read_local(&self, query: &ReadQuery) -> ReadOk {
+        let mut ok = ReadOk {
+            value: None,
+            items: Vec::new(),
+            more: false,
+            modify_index: 0,
             applied_index: self.kv.applied(),
             term: self.raft.term(),
+        };
+        match query {
+            ReadQuery::Get(key) => {
+                if let Some(v) = self.kv.get(key) {
+                    ok.value = Some(v.value.clone());
+                    ok.modify_index = v.modify_index;
+                }
+            }
+            ReadQuery::Scan {
+                prefix,
+                after,
+                limit,
+            } => {
+                // One more than asked tells whether another page exists.
+                let found = self
+                    .kv
+                    .scan(prefix, after.as_deref(), limit.saturating_add(1));
+                ok.more = found.len() > *limit;
+                ok.items = found
+                    .into_iter()
+                    .take(*limit)
+                    .map(|(k, v)| (k.to_vec(), v.value.clone(), v.modify_index))
+                    .collect();
+            }
         }
+        ok
     }
 
     /// Runs the core's ready cycle until it has nothing more (see the module rules).
@@ -336,6 +362,9 @@ impl RaftLoop {
                 term,
                 found: false,
             }),
+            ApplyResult::ConditionFailed { current } => {
+                Err(ApiError::PreconditionFailed { current: *current })
+            }
             ApplyResult::Invalid(e) => Err(ApiError::Internal(format!("invalid command: {e}"))),
         };
         self.stats.writes_ok += 1;
@@ -351,12 +380,11 @@ impl RaftLoop {
             let ids = self.reads_at.remove(&index).unwrap_or_default();
             for id in ids {
                 if let Some(Pending {
-                    waiter: Waiter::Read { key, reply },
-                    ..
+                    waiter: Waiter::Read { query, reply },
                 }) = self.pending.remove(&id)
                 {
                     self.stats.reads_ok += 1;
-                    let _ = reply.send(Ok(self.read_local(&key)));
+                    let _ = reply.send(Ok(self.read_local(&query)));
                 }
             }
         }
