@@ -201,3 +201,75 @@ fn bad_requests_get_clear_errors() {
     }
     c.check_alive();
 }
+
+/// Thesis §6.3: the same compare-and-swap sent twice with one Idempotency-Key applies once, even with the
+/// leader killed between the two sends; the retry gets the first answer instead of a 412.
+#[test]
+fn idempotent_cas_applies_once_across_a_leader_kill() {
+    let mut c = TestCluster::start(3);
+    let leader = c.wait_leader(ELECTION);
+    let mut cl = c.client(leader);
+    let r = cl.request("PUT", "/v1/kv/acct", &[], b"100").unwrap();
+    assert_eq!(r.status, 200, "{}", r.text());
+    let i0 = json(&r)["index"].as_u64().unwrap();
+    let if_match = format!("\"{i0}\"");
+    let cas = [
+        ("If-Match", if_match.as_str()),
+        ("Idempotency-Key", "transfer-42"),
+    ];
+    let r = cl.request("PUT", "/v1/kv/acct", &cas, b"150").unwrap();
+    assert_eq!(r.status, 200, "{}", r.text());
+    let i1 = json(&r)["index"].as_u64().unwrap();
+    c.kill(leader);
+    let other = (leader + 1) % 3;
+    let r = poll("the retried CAS on another node", ELECTION, || {
+        c.client(other)
+            .request("PUT", "/v1/kv/acct", &cas, b"150")
+            .ok()
+            .filter(|r| r.status != 503 && r.status != 504)
+    });
+    assert_eq!(
+        r.status,
+        200,
+        "the retry must get the first answer: {}",
+        r.text()
+    );
+    assert_eq!(
+        json(&r)["index"].as_u64(),
+        Some(i1),
+        "answered with the first result"
+    );
+    let r = c.client(other).get("/v1/kv/acct").unwrap();
+    assert_eq!(r.body, b"150");
+    assert_eq!(
+        r.header("etag"),
+        Some(format!("\"{i1}\"").as_str()),
+        "applied once"
+    );
+    // Without the key the same stale CAS is refused.
+    let r = c
+        .client(other)
+        .request(
+            "PUT",
+            "/v1/kv/acct",
+            &[("If-Match", if_match.as_str())],
+            b"150",
+        )
+        .unwrap();
+    assert_eq!(r.status, 412);
+    // Seed routes take the header too, and bad keys are refused.
+    let mut f = c.client(other);
+    let r = f
+        .request(
+            "GET",
+            "/set?key=s&value=1",
+            &[("Idempotency-Key", "seed-1")],
+            b"",
+        )
+        .unwrap();
+    assert_eq!(r.status, 200);
+    let r = f
+        .request("PUT", "/v1/kv/x", &[("Idempotency-Key", "has space")], b"v")
+        .unwrap();
+    assert_eq!(r.status, 400);
+}

@@ -8,16 +8,29 @@
 //! - Every key remembers the index of the entry that last modified it (its modify index), later used for
 //!   ETags and compare-and-swap.
 //!
+//! Exactly-once (thesis §6.3): a command may carry an idempotency token. The first entry with a token is
+//! applied and its result remembered; a later entry with the same token (a retry after a timeout or a
+//! leader change) changes nothing and returns the remembered result. Tokens are forgotten
+//! [`IDEMPOTENCY_WINDOW`] entries after their first use, by log index, so every node forgets at the same
+//! entry.
+//!
 //! Command encoding (part of the log format): a version byte (1), a tag byte, then the fields with
 //! [`crate::codec`]: unconditional `Put` = tag 1, key, value; unconditional `Delete` = tag 2, key;
 //! conditional `Put` = tag 3, key, value, condition; conditional `Delete` = tag 4, key, condition. A
 //! condition is a byte (1 = the key must be absent, 2 = its modify index must equal the `u64` that follows).
+//! A token prefix (tag 5, token bytes) may come before any command's tag.
 
 use crate::codec::{DecodeError, Reader, Writer};
 use crate::raft::Index;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap, VecDeque};
 
 const COMMAND_VERSION: u8 = 1;
+const TAG_TOKEN: u8 = 5;
+/// Longest accepted idempotency token.
+pub const MAX_TOKEN_BYTES: usize = 128;
+/// Idempotency tokens are remembered for this many log entries after the entry that first used them.
+/// Expiry by log index is deterministic: every node forgets a token at the same entry.
+pub const IDEMPOTENCY_WINDOW: Index = 100_000;
 
 /// A precondition on the key's current state, checked when the command is applied.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -67,6 +80,22 @@ impl Command {
     pub fn encode(&self) -> Vec<u8> {
         let mut w = Writer::new();
         w.u8(COMMAND_VERSION);
+        self.encode_body(&mut w);
+        w.into_inner()
+    }
+
+    /// Encodes the command tagged with an idempotency token: applying it again with the same token
+    /// (within the window) returns the first result and changes nothing.
+    pub fn encode_with_token(&self, token: &[u8]) -> Vec<u8> {
+        let mut w = Writer::new();
+        w.u8(COMMAND_VERSION);
+        w.u8(TAG_TOKEN);
+        w.bytes(token);
+        self.encode_body(&mut w);
+        w.into_inner()
+    }
+
+    fn encode_body(&self, w: &mut Writer) {
         match self {
             Command::Put {
                 key,
@@ -88,24 +117,41 @@ impl Command {
                 w.u8(3);
                 w.bytes(key);
                 w.bytes(value);
-                put_cond(&mut w, *cond);
+                put_cond(w, *cond);
             }
             Command::Delete { key, cond } => {
                 w.u8(4);
                 w.bytes(key);
-                put_cond(&mut w, *cond);
+                put_cond(w, *cond);
             }
         }
-        w.into_inner()
     }
 
     pub fn decode(buf: &[u8]) -> Result<Command, DecodeError> {
+        Ok(Self::decode_with_token(buf)?.1)
+    }
+
+    /// Decodes a command and its idempotency token, if it carries one.
+    pub fn decode_with_token(buf: &[u8]) -> Result<(Option<Vec<u8>>, Command), DecodeError> {
         let mut r = Reader::new(buf);
         let version = r.u8()?;
         if version != COMMAND_VERSION {
             return Err(DecodeError(format!("unknown command version {version}")));
         }
-        let cmd = match r.u8()? {
+        let mut tag = r.u8()?;
+        let mut token = None;
+        if tag == TAG_TOKEN {
+            let t = r.bytes()?;
+            if t.is_empty() || t.len() > MAX_TOKEN_BYTES {
+                return Err(DecodeError(format!(
+                    "idempotency token of {} bytes",
+                    t.len()
+                )));
+            }
+            token = Some(t);
+            tag = r.u8()?;
+        }
+        let cmd = match tag {
             1 => Command::Put {
                 key: r.bytes()?,
                 value: r.bytes()?,
@@ -127,7 +173,7 @@ impl Command {
             t => return Err(DecodeError(format!("unknown command tag {t}"))),
         };
         r.finish()?;
-        Ok(cmd)
+        Ok((token, cmd))
     }
 }
 
@@ -156,6 +202,9 @@ pub struct Versioned {
 pub struct KvStore {
     map: BTreeMap<Vec<u8>, Versioned>,
     applied: Index,
+    /// Idempotency token -> (index of its first use, result), and the tokens in order of first use.
+    tokens: HashMap<Vec<u8>, (Index, ApplyResult)>,
+    token_order: VecDeque<(Index, Vec<u8>)>,
     /// Sum of key and value bytes, for status and memory accounting.
     data_bytes: usize,
 }
@@ -224,10 +273,38 @@ impl KvStore {
             self.applied
         );
         self.applied = index;
-        let cmd = match Command::decode(data) {
+        // Forget tokens that left the window (deterministic: by log index).
+        while self
+            .token_order
+            .front()
+            .is_some_and(|(i, _)| *i + IDEMPOTENCY_WINDOW < index)
+        {
+            if let Some((_, t)) = self.token_order.pop_front() {
+                self.tokens.remove(&t);
+            }
+        }
+        let (token, cmd) = match Command::decode_with_token(data) {
             Ok(c) => c,
             Err(e) => return ApplyResult::Invalid(e.to_string()),
         };
+        let Some(token) = token else {
+            return self.apply_command(index, cmd);
+        };
+        if let Some((_, first)) = self.tokens.get(&token) {
+            return first.clone();
+        }
+        let result = self.apply_command(index, cmd);
+        self.tokens.insert(token.clone(), (index, result.clone()));
+        self.token_order.push_back((index, token));
+        result
+    }
+
+    /// Idempotency tokens currently remembered.
+    pub fn tokens(&self) -> usize {
+        self.tokens.len()
+    }
+
+    fn apply_command(&mut self, index: Index, cmd: Command) -> ApplyResult {
         let (key, cond) = match &cmd {
             Command::Put { key, cond, .. } | Command::Delete { key, cond } => (key, *cond),
         };
@@ -408,5 +485,44 @@ mod tests {
         assert_eq!(keys(kv.scan(b"b/", Some(b"b/2"), 10)), ["b/3"]);
         assert_eq!(keys(kv.scan(b"", Some(b"b/3"), 10)), ["c"]);
         assert!(kv.scan(b"z", None, 10).is_empty());
+    }
+
+    #[test]
+    fn idempotency_tokens_apply_once_and_expire_by_index() {
+        let mut kv = KvStore::new();
+        let cas = Command::Put {
+            key: b"k".to_vec(),
+            value: b"v".to_vec(),
+            cond: Condition::Absent,
+        };
+        let first = kv.apply(1, &cas.encode_with_token(b"t1"));
+        assert_eq!(first, ApplyResult::Ok { index: 1 });
+        // The retry changes nothing and answers like the first time (not 412).
+        assert_eq!(kv.apply(2, &cas.encode_with_token(b"t1")), first);
+        assert_eq!(kv.get(b"k").unwrap().modify_index, 1);
+        // Another token is another request.
+        assert_eq!(
+            kv.apply(3, &cas.encode_with_token(b"t2")),
+            ApplyResult::ConditionFailed { current: Some(1) }
+        );
+        assert_eq!(kv.tokens(), 2);
+        // Past the window the token is forgotten, at the same index on every node.
+        let later = 1 + IDEMPOTENCY_WINDOW + 1;
+        kv.set_applied(later - 1);
+        let del = Command::Delete {
+            key: b"k".to_vec(),
+            cond: Condition::Any,
+        };
+        kv.apply(later, &del.encode());
+        assert_eq!(kv.tokens(), 1, "t1 expired, t2 (used at 3) not yet");
+        assert_eq!(
+            kv.apply(later + 1, &cas.encode_with_token(b"t1")),
+            ApplyResult::Ok { index: later + 1 }
+        );
+        // Tokens round-trip and are bounded.
+        let (t, c) = Command::decode_with_token(&cas.encode_with_token(b"abc")).unwrap();
+        assert_eq!((t.as_deref(), c), (Some(&b"abc"[..]), cas.clone()));
+        assert!(Command::decode(&cas.encode_with_token(&[b'x'; MAX_TOKEN_BYTES + 1])).is_err());
+        assert!(Command::decode(&cas.encode_with_token(b"")).is_err());
     }
 }

@@ -26,6 +26,8 @@ pub enum Consistency {
 pub enum ClientRequest {
     Write {
         command: Command,
+        /// The client's `Idempotency-Key`, if it sent one.
+        token: Option<Vec<u8>>,
         reply: Sender<Result<WriteOk, ApiError>>,
     },
     Read {

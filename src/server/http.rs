@@ -17,7 +17,7 @@
 
 use super::api::{ApiError, ClientRequest, Consistency, ReadOk, ReadQuery, WriteOk};
 use crate::config::NodeConfig;
-use crate::kv::{Command, Condition};
+use crate::kv::{Command, Condition, MAX_TOKEN_BYTES};
 use crossbeam_channel::{Receiver, Sender, TrySendError};
 use std::io::Cursor;
 use std::sync::Arc;
@@ -66,9 +66,13 @@ fn handle(req: &mut Request, to_raft: &Sender<ClientRequest>, cfg: &NodeConfig) 
             .unwrap_or_else(|e| error_response(&e));
     }
     let result = match (path, &method) {
-        ("/set", Method::Get | Method::Post | Method::Put) => set(&params, to_raft, cfg),
+        ("/set", Method::Get | Method::Post | Method::Put) => {
+            idempotency_key(req).and_then(|t| set(&params, t, to_raft, cfg))
+        }
         ("/get", Method::Get) => get(&params, to_raft, cfg),
-        ("/delete", Method::Get | Method::Post | Method::Delete) => delete(&params, to_raft, cfg),
+        ("/delete", Method::Get | Method::Post | Method::Delete) => {
+            idempotency_key(req).and_then(|t| delete(&params, t, to_raft, cfg))
+        }
         ("/status", Method::Get) => status(to_raft, cfg),
         ("/health", Method::Get) => health(to_raft, cfg),
         ("/set" | "/get" | "/delete" | "/status" | "/health", m) => Err(
@@ -108,7 +112,8 @@ pub(super) fn check_key(key: &[u8], cfg: &NodeConfig) -> Result<Vec<u8>, ApiErro
 }
 
 fn set(
-    params: &[(String, Vec<u8>)],
+    params: &Params,
+    token: Option<Vec<u8>>,
     to_raft: &Sender<ClientRequest>,
     cfg: &NodeConfig,
 ) -> Result<HttpResponse, ApiError> {
@@ -121,12 +126,13 @@ fn set(
         value: value.to_vec(),
         cond: Condition::Any,
     };
-    let ok = write(command, to_raft, cfg)?;
+    let ok = write(command, token, to_raft, cfg)?;
     Ok(text_response(200, "OK\n").with_header(index_header(&ok)))
 }
 
 fn delete(
-    params: &[(String, Vec<u8>)],
+    params: &Params,
+    token: Option<Vec<u8>>,
     to_raft: &Sender<ClientRequest>,
     cfg: &NodeConfig,
 ) -> Result<HttpResponse, ApiError> {
@@ -136,6 +142,7 @@ fn delete(
             key,
             cond: Condition::Any,
         },
+        token,
         to_raft,
         cfg,
     )?;
@@ -243,13 +250,39 @@ pub(super) fn read(
     wait(rx, cfg)?
 }
 
+/// The `Idempotency-Key` header: 1 to 128 visible ASCII characters.
+pub(super) fn idempotency_key(req: &Request) -> Result<Option<Vec<u8>>, ApiError> {
+    let Some(h) = req
+        .headers()
+        .iter()
+        .find(|h| h.field.equiv("Idempotency-Key"))
+    else {
+        return Ok(None);
+    };
+    let v = h.value.as_str().trim();
+    if v.is_empty() || v.len() > MAX_TOKEN_BYTES || !v.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err(ApiError::BadRequest(format!(
+            "Idempotency-Key must be 1 to {MAX_TOKEN_BYTES} visible ASCII characters"
+        )));
+    }
+    Ok(Some(v.as_bytes().to_vec()))
+}
+
 pub(super) fn write(
     command: Command,
+    token: Option<Vec<u8>>,
     to_raft: &Sender<ClientRequest>,
     cfg: &NodeConfig,
 ) -> Result<WriteOk, ApiError> {
     let (reply, rx) = crossbeam_channel::bounded(1);
-    submit(to_raft, ClientRequest::Write { command, reply })?;
+    submit(
+        to_raft,
+        ClientRequest::Write {
+            command,
+            token,
+            reply,
+        },
+    )?;
     wait(rx, cfg)?
 }
 

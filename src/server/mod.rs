@@ -219,7 +219,7 @@ impl Node {
 }
 
 /// Each node needs its own randomness (identical election timeouts would split every vote).
-fn seed_for(id: u64) -> u64 {
+pub(crate) fn seed_for(id: u64) -> u64 {
     let nanos = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_nanos() as u64)

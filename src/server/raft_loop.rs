@@ -10,6 +10,10 @@
 //! - A write is answered only once its entry is applied *with the term it was appended in*. A read is
 //!   answered once the state machine has applied its confirmed read index.
 //! - Every waiting client has a deadline; past it, it gets `Timeout` (outcome unknown). Nobody waits forever.
+//! - Exactly-once forwarding: a write proposed while this node is not the leader carries an idempotency
+//!   token (the client's, or one generated here). If the leader changes while it is in flight, the same
+//!   bytes are proposed again (as soon as a leader is known, until the deadline); the state machine applies
+//!   the token once and answers a repeat with the first result.
 //! - The loop never blocks on the network: the transport's `send` only enqueues.
 //! - A storage failure is fatal: the loop stops, and the node with it, since what is durable is unknown.
 
@@ -30,7 +34,15 @@ const MAX_BATCH: usize = 4096;
 const RECENT_RESULTS: usize = 65_536;
 
 enum Waiter {
-    Write(Sender<Result<WriteOk, ApiError>>),
+    Write {
+        reply: Sender<Result<WriteOk, ApiError>>,
+        /// The proposal's bytes when it carries a token, so it can be proposed again after a leader change.
+        retry: Option<Vec<u8>>,
+        /// Proposed more than once: a failure is then never definite.
+        retried: bool,
+        /// Where the latest attempt was appended; only its fate answers the client.
+        attempt: Option<(Index, Term)>,
+    },
     Read {
         query: ReadQuery,
         reply: Sender<Result<ReadOk, ApiError>>,
@@ -51,6 +63,8 @@ pub struct LoopStats {
     pub writes_ok: u64,
     pub reads_ok: u64,
     pub timeouts: u64,
+    /// Tokened writes proposed again after a leader change.
+    pub retries: u64,
 }
 
 pub struct RaftLoop {
@@ -71,6 +85,11 @@ pub struct RaftLoop {
     /// Reads waiting for the state machine to reach their read index.
     reads_at: BTreeMap<Index, Vec<u64>>,
     recent: VecDeque<(Index, Term, ApplyResult)>,
+    /// Tokened writes waiting for a leader to be proposed again.
+    retry_queue: Vec<u64>,
+    /// Makes generated idempotency tokens unique across restarts of this node.
+    token_nonce: u64,
+    next_token: u64,
     stats: LoopStats,
     last_role: Role,
 }
@@ -102,6 +121,9 @@ impl RaftLoop {
             writes_at: BTreeMap::new(),
             reads_at: BTreeMap::new(),
             recent: VecDeque::new(),
+            retry_queue: Vec::new(),
+            token_nonce: super::seed_for(0),
+            next_token: 0,
             stats: LoopStats::default(),
             last_role: Role::Follower,
         }
@@ -117,6 +139,7 @@ impl RaftLoop {
                 recv(ticker) -> _ => {
                     self.raft.tick();
                     self.expire(Instant::now());
+                    self.retry_writes();
                 }
                 recv(self.peer_rx) -> m => match m {
                     Ok(m) => self.raft.step(m),
@@ -165,10 +188,38 @@ impl RaftLoop {
 
     fn handle_client(&mut self, req: ClientRequest) {
         match req {
-            ClientRequest::Write { command, reply } => {
+            ClientRequest::Write {
+                command,
+                token,
+                reply,
+            } => {
                 let id = self.request_id();
-                self.park(id, Waiter::Write(reply));
-                self.raft.propose(id, vec![command.encode()]);
+                // A write that will be forwarded gets a token, so a leader change cannot apply it twice.
+                let token = token.or_else(|| {
+                    (!self.raft.is_leader()).then(|| {
+                        self.next_token += 1;
+                        format!(
+                            "n{}.{:x}.{}",
+                            self.cfg.id, self.token_nonce, self.next_token
+                        )
+                        .into_bytes()
+                    })
+                });
+                let bytes = match &token {
+                    Some(t) => command.encode_with_token(t),
+                    None => command.encode(),
+                };
+                let retry = token.is_some().then(|| bytes.clone());
+                self.park(
+                    id,
+                    Waiter::Write {
+                        reply,
+                        retry,
+                        retried: false,
+                        attempt: None,
+                    },
+                );
+                self.raft.propose(id, vec![bytes]);
             }
             ClientRequest::Read {
                 query,
@@ -271,8 +322,10 @@ impl RaftLoop {
                     EntryKind::Noop => {
                         self.kv.set_applied(e.index);
                         // A write waiting here was overwritten by a new leader's no-op.
-                        for (_, id) in self.writes_at.remove(&e.index).unwrap_or_default() {
-                            self.fail(id, ApiError::NotCommitted);
+                        for (t, id) in self.writes_at.remove(&e.index).unwrap_or_default() {
+                            if self.is_latest_attempt(id, e.index, t) {
+                                self.fail(id, ApiError::NotCommitted);
+                            }
                         }
                     }
                     EntryKind::Command(data) => {
@@ -288,7 +341,7 @@ impl RaftLoop {
             for p in rd.proposed {
                 match p.result {
                     Ok((index, term)) => self.appended(p.request_id, index, term),
-                    Err(e) => self.fail(p.request_id, request_error(&self.cfg, e)),
+                    Err(e) => self.proposal_failed(p.request_id, e),
                 }
             }
             for r in rd.reads {
@@ -311,8 +364,61 @@ impl RaftLoop {
         Ok(())
     }
 
+    /// A proposal was refused or lost track of. A tokened write is proposed again (its token makes that
+    /// safe); anything else fails, definitely only if it was never proposed before.
+    fn proposal_failed(&mut self, id: u64, e: RequestError) {
+        let retryable = match self.pending.get_mut(&id) {
+            Some(Pending {
+                waiter:
+                    Waiter::Write {
+                        retry: Some(_),
+                        retried,
+                        ..
+                    },
+            }) => {
+                let again = *retried || e == RequestError::LeaderChanged;
+                if again {
+                    *retried = true;
+                }
+                again
+            }
+            _ => false,
+        };
+        if retryable {
+            self.retry_queue.push(id);
+            self.retry_writes();
+        } else {
+            self.fail(id, request_error(&self.cfg, e));
+        }
+    }
+
+    /// Proposes queued tokened writes again once a leader is known.
+    fn retry_writes(&mut self) {
+        if self.retry_queue.is_empty() || self.raft.leader().is_none() {
+            return;
+        }
+        for id in std::mem::take(&mut self.retry_queue) {
+            if let Some(Pending {
+                waiter: Waiter::Write {
+                    retry: Some(bytes), ..
+                },
+            }) = self.pending.get(&id)
+            {
+                let bytes = bytes.clone();
+                self.stats.retries += 1;
+                self.raft.propose(id, vec![bytes]);
+            }
+        }
+    }
+
     /// A proposal was appended at `index` in `term`: wait for that entry to apply.
     fn appended(&mut self, id: u64, index: Index, term: Term) {
+        if let Some(Pending {
+            waiter: Waiter::Write { attempt, .. },
+        }) = self.pending.get_mut(&id)
+        {
+            *attempt = Some((index, term));
+        }
         if index <= self.kv.applied() {
             // Already applied (a forwarded proposal whose answer came late): look up the result.
             let found = self
@@ -336,6 +442,9 @@ impl RaftLoop {
             return;
         };
         for (t, id) in waiting {
+            if !self.is_latest_attempt(id, index, t) {
+                continue;
+            }
             if t == term {
                 self.answer_write(id, index, term, result);
             } else {
@@ -344,16 +453,28 @@ impl RaftLoop {
         }
     }
 
+    /// Whether (index, term) is where request `id`'s latest attempt was appended (earlier attempts of a
+    /// retried write no longer decide its answer).
+    fn is_latest_attempt(&self, id: u64, index: Index, term: Term) -> bool {
+        match self.pending.get(&id) {
+            Some(Pending {
+                waiter: Waiter::Write { attempt, .. },
+            }) => *attempt == Some((index, term)),
+            _ => false,
+        }
+    }
+
     fn answer_write(&mut self, id: u64, index: Index, term: Term, result: &ApplyResult) {
         let Some(p) = self.pending.remove(&id) else {
             return;
         };
-        let Waiter::Write(reply) = p.waiter else {
+        let Waiter::Write { reply, .. } = p.waiter else {
             return;
         };
         let answer = match result {
-            ApplyResult::Ok { .. } => Ok(WriteOk {
-                index,
+            // For a repeated token this is the first application's index.
+            ApplyResult::Ok { index: first } => Ok(WriteOk {
+                index: *first,
                 term,
                 found: true,
             }),
@@ -393,7 +514,18 @@ impl RaftLoop {
     fn fail(&mut self, id: u64, err: ApiError) {
         if let Some(p) = self.pending.remove(&id) {
             match p.waiter {
-                Waiter::Write(reply) => {
+                Waiter::Write { reply, retried, .. } => {
+                    // A write proposed more than once may have been applied by an earlier attempt.
+                    let err = match err {
+                        ApiError::NoLeader
+                        | ApiError::NotLeader { .. }
+                        | ApiError::NotCommitted
+                            if retried =>
+                        {
+                            ApiError::LeaderChanged
+                        }
+                        e => e,
+                    };
                     let _ = reply.send(Err(err));
                 }
                 Waiter::Read { reply, .. } => {
@@ -468,6 +600,8 @@ impl RaftLoop {
                 "writes_ok": self.stats.writes_ok,
                 "reads_ok": self.stats.reads_ok,
                 "timeouts": self.stats.timeouts,
+                "write_retries": self.stats.retries,
+                "idempotency_tokens": self.kv.tokens(),
                 "wal": format!("{wal:?}"),
             },
         })

@@ -8,6 +8,9 @@
 //! - `GET /v1/kv?prefix=P&limit=N&after=K` → `{"items": [{key, value, index}], "next": K | null}` in key
 //!   order; pass `next` as `after` for the following page. `limit` defaults to 100, at most 1,000.
 //!
+//! Writes may carry `Idempotency-Key: <token>` (1-128 visible ASCII characters): a retry with the same key
+//! within the idempotency window is applied once and answered with the first result.
+//!
 //! Reads take `consistency=linearizable` (the default: read index, on any node) or `stale` (this node's
 //! state, possibly behind; the answer carries `X-Nimbus-Applied-Index`). `{key}` is the rest of the path,
 //! percent-decoded, so it may contain `/`. Keys and values are bytes: in JSON listings a UTF-8 key or value
@@ -15,8 +18,8 @@
 
 use super::api::{ApiError, ClientRequest, Consistency, ReadQuery};
 use super::http::{
-    check_key, check_value_len, header, json_response, param, percent_decode, read, write,
-    HttpResponse, Params,
+    check_key, check_value_len, header, idempotency_key, json_response, param, percent_decode,
+    read, write, HttpResponse, Params,
 };
 use crate::config::NodeConfig;
 use crate::kv::{Command, Condition};
@@ -142,8 +145,9 @@ fn put(
     cfg: &NodeConfig,
 ) -> Result<HttpResponse, ApiError> {
     let cond = condition(req)?;
+    let token = idempotency_key(req)?;
     let value = read_body(req, cfg)?;
-    let ok = write(Command::Put { key, value, cond }, to_raft, cfg)?;
+    let ok = write(Command::Put { key, value, cond }, token, to_raft, cfg)?;
     Ok(json_response(200, &serde_json::json!({"index": ok.index}))
         .with_header(header("ETag", &format!("\"{}\"", ok.index))))
 }
@@ -160,7 +164,8 @@ fn delete(
             "If-None-Match makes no sense on DELETE".into(),
         ));
     }
-    let ok = write(Command::Delete { key, cond }, to_raft, cfg)?;
+    let token = idempotency_key(req)?;
+    let ok = write(Command::Delete { key, cond }, token, to_raft, cfg)?;
     if !ok.found {
         return Err(ApiError::NotFound("no such key".into()));
     }
