@@ -179,8 +179,17 @@ impl Raft {
         ls.append_needed = false;
         ls.commit_changed = false;
         if append || commit {
+            let committed = self.log.committed();
             for p in self.peers() {
-                self.send_append(p, commit);
+                // An empty append only to carry the commit index goes to peers that have not already been
+                // sent it (an answer handled this turn may have told them).
+                let stale = commit
+                    && self
+                        .leader_state()
+                        .progress
+                        .get(&p)
+                        .is_some_and(|pr| pr.sent_commit < committed);
+                self.send_append(p, stale);
             }
         }
     }

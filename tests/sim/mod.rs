@@ -81,6 +81,8 @@ pub struct Sim {
     pub trace: Option<Vec<String>>,
     /// Print every trace line to stderr (set `TRACE=1` when replaying a seed).
     pub print_trace: bool,
+    /// When set, every message a node sends is also recorded here (the golden scenarios print them).
+    pub sent: Option<Vec<Message>>,
     next_request: u64,
     /// Request id -> (node, invoked at, kind write/read, write payload).
     requests: BTreeMap<u64, (NodeId, u64, Option<Vec<u8>>)>,
@@ -132,6 +134,7 @@ impl Sim {
             cfg: Box::new(tune),
             trace: None,
             print_trace: std::env::var("TRACE").is_ok(),
+            sent: None,
             next_request: 1,
             requests: BTreeMap::new(),
             outcomes: BTreeMap::new(),
@@ -492,6 +495,9 @@ impl Sim {
             m.term,
             short(&m.body)
         ));
+        if let Some(sent) = &mut self.sent {
+            sent.push(m.clone());
+        }
         if !self.auto_deliver {
             self.seq += 1;
             self.net.push(InFlight {
@@ -610,13 +616,55 @@ impl Sim {
         self.net.len()
     }
 
+    /// Scripted mode: the queued messages in delivery order.
+    pub fn queued_messages(&self) -> Vec<Message> {
+        let mut q: Vec<&InFlight> = self.net.iter().collect();
+        q.sort_by_key(|f| (f.at, f.seq));
+        q.into_iter().map(|f| f.msg.clone()).collect()
+    }
+
+    /// Scripted mode: removes and returns, in delivery order, the queued messages `take` selects (it sees
+    /// them in that order, so it may count).
+    pub fn take_queued(&mut self, mut take: impl FnMut(&Message) -> bool) -> Vec<Message> {
+        let mut batch = std::mem::take(&mut self.net);
+        batch.sort_by_key(|f| (f.at, f.seq));
+        let mut taken = Vec::new();
+        for f in batch {
+            if take(&f.msg) {
+                taken.push(f.msg);
+            } else {
+                self.net.push(f);
+            }
+        }
+        taken
+    }
+
     fn deliver(&mut self, m: Message) {
+        let _ = self.deliver_msg(m);
+    }
+
+    /// Delivers one message now (scripted mode), or says why it was lost: the sender and receiver are on
+    /// different sides of a partition, or the receiver is down.
+    pub fn deliver_msg(&mut self, m: Message) -> Result<(), &'static str> {
         let to = m.to;
-        if !self.connected(m.from, to) || !self.is_up(to) {
+        if !self.connected(m.from, to) {
             self.stats.dropped += 1;
-            return;
+            return Err("partitioned");
+        }
+        if !self.is_up(to) {
+            self.stats.dropped += 1;
+            return Err("down");
         }
         self.stats.delivered += 1;
+        if matches!(
+            m.body,
+            MessageBody::AppendResponse {
+                reject: Some(_),
+                ..
+            }
+        ) {
+            self.stats.append_rejects += 1;
+        }
         self.nodes
             .get_mut(&to)
             .unwrap()
@@ -625,6 +673,7 @@ impl Sim {
             .unwrap()
             .step(m);
         self.process(to);
+        Ok(())
     }
 
     /// One tick: every live node ticks, then due messages are delivered.
