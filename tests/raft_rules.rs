@@ -389,7 +389,8 @@ fn forwarded_proposals() {
 /// Persistent state survives crashes: term, vote and log; committed entries are applied again on restart.
 #[test]
 fn restart_keeps_term_vote_and_log() {
-    let mut sim = scripted(3, |_| {});
+    // Without leases, so the restarted nodes may vote at once (see the lease tests below).
+    let mut sim = scripted(3, |c| c.lease_ticks = 0);
     elect(&mut sim, 1);
     for k in 0..5 {
         sim.propose(1, format!("e{k}").into_bytes());
@@ -418,4 +419,85 @@ fn restart_keeps_term_vote_and_log() {
     elect(&mut sim, 2);
     sim.stabilize();
     sim.check_converged().unwrap();
+}
+
+/// Thesis §6.4.1: a leader serves reads from its lease only after a quorum acknowledged a heartbeat round
+/// of its own term (and after an entry of its term committed), and only for `lease_ticks` after that round
+/// started; check-quorum and a lease below the election timeout are what make it safe.
+#[test]
+fn leases_start_with_an_acknowledged_round_and_expire() {
+    let mut sim = scripted(3, |_| {});
+    win_election(&mut sim, 1);
+    // Elected, but its no-op is not committed and no round was acknowledged: no lease.
+    assert_eq!(sim.raft(1).lease_read(), None);
+    sim.stabilize();
+    let committed = sim.raft(1).log().committed();
+    sim.tick_node(1);
+    sim.stabilize();
+    assert_eq!(sim.raft(1).lease_read(), Some(committed));
+    // Cut off, it keeps the lease for `lease_ticks` after the last acknowledged round started, no longer,
+    // and stays leader until check-quorum (an election timeout) deposes it.
+    sim.partition(vec![set(&[1]), set(&[2, 3])]);
+    let lease = u64::from(sim.raft(1).config().lease_ticks);
+    let mut held = 0;
+    while sim.raft(1).lease_read().is_some() {
+        sim.tick_node(1);
+        sim.stabilize();
+        held += 1;
+        assert!(held <= lease, "lease held past {lease} ticks");
+    }
+    assert_eq!(
+        held, lease,
+        "valid for lease_ticks after the acknowledged round started"
+    );
+    assert!(
+        sim.raft(1).is_leader(),
+        "still leader, but no longer leased"
+    );
+    // Without check-quorum followers may vote at any time: no leases at all.
+    let mut sim = scripted(3, |c| c.check_quorum = false);
+    elect(&mut sim, 1);
+    sim.tick_node(1);
+    sim.stabilize();
+    assert_eq!(sim.raft(1).lease_read(), None);
+}
+
+/// A follower that acknowledged the leader's round and then restarted must not help elect another leader
+/// while that lease may still be held: after booting it refuses votes for an election timeout, as if it
+/// had just heard from the leader.
+#[test]
+fn a_restarted_follower_keeps_the_leases_promise() {
+    let mut sim = scripted(3, |_| {});
+    elect(&mut sim, 1);
+    // n3 falls silent; n2 alone acknowledges the next round, which gives n1 its lease.
+    sim.partition(vec![set(&[1, 2]), set(&[3])]);
+    sim.tick_node(1);
+    sim.stabilize();
+    assert!(sim.raft(1).lease_read().is_some());
+    // n2 restarts; n3 has not heard from a leader for long and campaigns.
+    sim.crash(2);
+    sim.restart(2);
+    sim.heal();
+    sim.partition(vec![set(&[1]), set(&[2, 3])]);
+    sim.campaign(3);
+    sim.stabilize();
+    assert!(
+        !sim.raft(3).is_leader() && !sim.raft(2).is_leader(),
+        "a new leader while n1 still holds its lease"
+    );
+    assert!(sim.raft(1).lease_read().is_some());
+    // Once n2 has been up for an election timeout, the election can go ahead.
+    for _ in 0..sim.raft(2).config().election_ticks {
+        sim.tick_node(2);
+    }
+    sim.stabilize();
+    for _ in 0..200 {
+        if sim.raft(2).is_leader() || sim.raft(3).is_leader() {
+            break;
+        }
+        sim.tick_node(2);
+        sim.tick_node(3);
+        sim.stabilize();
+    }
+    assert!(sim.raft(2).is_leader() || sim.raft(3).is_leader());
 }

@@ -278,20 +278,34 @@ fn quieten(lines: Vec<Line>) -> Vec<Line> {
         .collect()
 }
 
-/// Merges identical top-level message lines into their first occurrence, with a count.
+/// Merges identical top-level message lines into their first occurrence, with a count. Heartbeats that
+/// differ only in their round number (every broadcast starts a round) merge too, showing the range of
+/// rounds: `read_seq=3..9 (x7)`.
 fn collapse(lines: Vec<Line>) -> Vec<Line> {
-    let mut counts: BTreeMap<String, usize> = BTreeMap::new();
+    let mut groups: BTreeMap<String, (usize, u64, u64)> = BTreeMap::new();
     for l in lines.iter().filter(|l| l.collapsible && l.indent == 0) {
-        *counts.entry(l.text.clone()).or_default() += 1;
+        let (key, seq) = round_key(&l.text);
+        let g = groups.entry(key).or_insert((0, u64::MAX, 0));
+        g.0 += 1;
+        if let Some(seq) = seq {
+            g.1 = g.1.min(seq);
+            g.2 = g.2.max(seq);
+        }
     }
     let mut seen = BTreeSet::new();
     let mut out = Vec::new();
     for mut l in lines {
         if l.collapsible && l.indent == 0 {
-            if !seen.insert(l.text.clone()) {
+            let (key, seq) = round_key(&l.text);
+            if !seen.insert(key.clone()) {
                 continue;
             }
-            let n = counts[&l.text];
+            let (n, lo, hi) = groups[&key];
+            if let (Some(seq), true) = (seq, lo < hi) {
+                l.text = l
+                    .text
+                    .replace(&format!("read_seq={seq}"), &format!("read_seq={lo}..{hi}"));
+            }
             if n > 1 {
                 l.text = format!("{} (x{n})", l.text);
             }
@@ -299,6 +313,26 @@ fn collapse(lines: Vec<Line>) -> Vec<Line> {
         out.push(l);
     }
     out
+}
+
+/// A message line with its `read_seq=N` taken out, and N.
+fn round_key(text: &str) -> (String, Option<u64>) {
+    let Some(at) = text.find("read_seq=") else {
+        return (text.to_string(), None);
+    };
+    let start = at + "read_seq=".len();
+    let end = text[start..]
+        .find(|c: char| !c.is_ascii_digit())
+        .map_or(text.len(), |e| start + e);
+    let seq = text[start..end].parse().ok();
+    (
+        format!(
+            "{}read_seq=*{}",
+            &text[..start - "read_seq=".len()],
+            &text[end..]
+        ),
+        seq,
+    )
 }
 
 /// A line diff (longest common subsequence), with three lines of context around each change.
@@ -844,7 +878,7 @@ impl Runner {
                     .raft(id)
                     .progress()
                     .into_iter()
-                    .map(|(p, matched, next, state)| {
+                    .map(|(p, matched, next, state, _)| {
                         Line::new(format!("n{p}: match={matched} next={next} {state}"))
                     })
                     .collect())

@@ -49,7 +49,11 @@ fn run_seed(seed: u64) -> sim::Stats {
         }
         if rng.chance(1, 2) {
             let id = ids[rng.below(n) as usize];
-            sim.read(id);
+            if payload % 2 == 0 {
+                sim.read(id);
+            } else {
+                sim.read_lease(id);
+            }
         }
         // Nemesis.
         match rng.below(100) {
@@ -136,6 +140,7 @@ fn simulated_clusters_keep_raft_properties() {
             total.elections += s.elections;
             total.writes_acked += s.writes_acked;
             total.reads_ok += s.reads_ok;
+            total.lease_reads += s.lease_reads;
         }
         if let Err(e) = result {
             let msg = e
@@ -159,4 +164,8 @@ fn simulated_clusters_keep_raft_properties() {
         "too few reads answered: {total:?}"
     );
     assert!(total.elections >= count, "too few elections: {total:?}");
+    assert!(
+        total.lease_reads > count * 5,
+        "too few reads served from a lease: {total:?}"
+    );
 }

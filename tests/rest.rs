@@ -273,3 +273,55 @@ fn idempotent_cas_applies_once_across_a_leader_kill() {
         .unwrap();
     assert_eq!(r.status, 400);
 }
+
+/// `consistency=lease` on the leader is served from its lease (counted in `/status`), on followers through
+/// the read index; stale answers say how long ago the node heard from the leader; followers name the
+/// leader's HTTP address in `/status` and in `not_leader` errors.
+#[test]
+fn lease_reads_stale_headers_and_leader_addresses() {
+    let mut c = TestCluster::start(3);
+    let leader = c.wait_leader(ELECTION);
+    let follower = (leader + 1) % 3;
+    c.set_eventually(leader, "k", "v1", ELECTION);
+    let lease_reads = |c: &TestCluster| c.status(leader).unwrap()["stats"]["lease_reads"].as_u64();
+    let before = lease_reads(&c).expect("lease_reads counter");
+    for i in [leader, follower] {
+        for path in ["/get?key=k&consistency=lease", "/v1/kv/k?consistency=lease"] {
+            let r = c.client(i).get(path).unwrap();
+            assert_eq!(r.status, 200, "node {i} {path}: {}", r.text());
+            assert_eq!(r.body, b"v1");
+        }
+    }
+    // The leader holds a lease while heartbeats flow, so at least one of its two reads used it.
+    assert!(lease_reads(&c).unwrap() > before, "no read used the lease");
+    let st = c.status(leader).unwrap();
+    assert_eq!(st["lease_valid"], true, "{st}");
+    assert_eq!(st["leader_last_contact_ms"], 0);
+    for p in st["progress"].as_array().unwrap() {
+        assert!(p["last_contact_ms"].as_u64().is_some(), "{st}");
+    }
+    // Stale reads on a follower: applied index and last contact with the leader.
+    let r = c
+        .client(follower)
+        .get("/v1/kv/k?consistency=stale")
+        .unwrap();
+    assert_eq!(r.status, 200);
+    let contact: u64 = r
+        .header("x-nimbus-last-contact-ms")
+        .expect("last contact header")
+        .parse()
+        .expect("a number of milliseconds while the leader is up");
+    assert!(contact < 60_000, "{contact}");
+    let r = c.client(follower).get("/get?key=k&relaxed=true").unwrap();
+    assert!(r.header("x-nimbus-last-contact-ms").is_some());
+    // Followers know the leader's HTTP address (announced in the peer handshake).
+    let want = c.http_addr(leader).to_string();
+    let st = poll("the leader's HTTP address", ELECTION, || {
+        c.status(follower)
+            .filter(|s| s["leader_http_addr"].as_str() == Some(want.as_str()))
+    });
+    assert_eq!(st["lease_valid"], false, "only the leader holds a lease");
+    let r = c.client(leader).get("/get?key=k&consistency=fast").unwrap();
+    assert_eq!(r.status, 400);
+    c.check_alive();
+}

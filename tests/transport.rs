@@ -146,10 +146,11 @@ fn frame(payload: &[u8]) -> Vec<u8> {
 
 fn handshake(cluster: &str, id: u64) -> Vec<u8> {
     let mut p = b"NIMB".to_vec();
-    p.extend_from_slice(&1u16.to_le_bytes());
+    p.extend_from_slice(&2u16.to_le_bytes());
     p.extend_from_slice(&(cluster.len() as u32).to_le_bytes());
     p.extend_from_slice(cluster.as_bytes());
     p.extend_from_slice(&id.to_le_bytes());
+    p.extend_from_slice(&0u32.to_le_bytes()); // no HTTP address
     frame(&p)
 }
 

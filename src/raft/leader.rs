@@ -23,8 +23,11 @@ struct PendingRead {
 pub(super) struct LeaderState {
     progress: BTreeMap<NodeId, Progress>,
     heartbeat_elapsed: u32,
-    /// The last read-index round started (every heartbeat carries it).
+    /// The last heartbeat round started (every heartbeat carries it; every broadcast starts a new one).
     read_seq: u64,
+    /// When rounds started, for leases: `(first round of a tick, that tick)`, oldest first, only as far back
+    /// as a lease can reach. A round not listed started no earlier than the listed round before it.
+    rounds: VecDeque<(u64, u64)>,
     /// Reads started since the last round: the next flush starts one.
     round_needed: bool,
     /// Reads that arrived before an entry of this term committed (thesis §6.4 step 1): the commit index is
@@ -50,12 +53,17 @@ impl Raft {
         let progress = self
             .peers()
             .into_iter()
-            .map(|p| (p, Progress::new(next)))
+            .map(|p| {
+                let mut pr = Progress::new(next);
+                pr.last_heard = self.ticks;
+                (p, pr)
+            })
             .collect();
         self.role = RoleState::Leader(Box::new(LeaderState {
             progress,
             heartbeat_elapsed: 0,
             read_seq: 0,
+            rounds: VecDeque::new(),
             round_needed: false,
             reads_before_noop: Vec::new(),
             pending_reads: VecDeque::new(),
@@ -170,7 +178,6 @@ impl Raft {
         let ls = self.leader_state();
         if ls.round_needed {
             ls.round_needed = false;
-            ls.read_seq += 1;
             self.bcast_heartbeat();
             self.confirm_reads();
         }
@@ -215,6 +222,8 @@ impl Raft {
         if ls.heartbeat_elapsed >= hb {
             ls.heartbeat_elapsed = 0;
             self.bcast_heartbeat();
+            // A single voter confirms its own rounds.
+            self.confirm_reads();
         }
     }
 
@@ -229,13 +238,22 @@ impl Raft {
         active >= quorum
     }
 
-    /// Heartbeats carry `min(match, commit)` so a follower never commits an entry it has not been shown to
-    /// match, and the current read round so they double as read-index confirmations.
+    /// Starts a heartbeat round. Heartbeats carry `min(match, commit)` so a follower never commits an entry
+    /// it has not been shown to match, and the round's number, so answers double as read-index
+    /// confirmations and lease renewals.
     fn bcast_heartbeat(&mut self) {
         let committed = self.log.committed();
         let term = self.term;
+        let (now, lease) = (self.ticks, u64::from(self.cfg.lease_ticks));
         let ls = self.leader_state();
+        ls.read_seq += 1;
         let seq = ls.read_seq;
+        if ls.rounds.back().is_none_or(|&(_, t)| t < now) {
+            ls.rounds.push_back((seq, now));
+        }
+        while ls.rounds.len() > 1 && ls.rounds[1].1 + lease < now {
+            ls.rounds.pop_front();
+        }
         let beats: Vec<_> = ls
             .progress
             .iter_mut()
@@ -333,12 +351,13 @@ impl Raft {
                 h.conflict_index
             }
         });
-        let (id, term) = (self.id, self.term);
+        let (id, term, now) = (self.id, self.term, self.ticks);
         let ls = self.leader_state();
         let Some(pr) = ls.progress.get_mut(&from) else {
             return;
         };
         pr.recent_active = true;
+        pr.last_heard = now;
         match hint_next {
             None => {
                 if pr.on_success(index) {
@@ -372,11 +391,13 @@ impl Raft {
             return;
         }
         let last = self.log.last_index();
+        let now = self.ticks;
         let ls = self.leader_state();
         let Some(pr) = ls.progress.get_mut(&from) else {
             return;
         };
         pr.recent_active = true;
+        pr.last_heard = now;
         pr.read_seq = pr.read_seq.max(read_seq);
         let mut tail_check = None;
         if pr.matched < last {
@@ -493,8 +514,55 @@ impl Raft {
         }
     }
 
-    /// Per-follower replication state, for status pages: (id, match, next, state name).
-    pub fn progress(&self) -> Vec<(NodeId, Index, Index, &'static str)> {
+    /// Thesis §6.4.1, leases: returns the index a read may be answered at (once applied) without a heartbeat
+    /// round, or `None` when only a read-index round can serve it (see [`Raft::read_index`]).
+    ///
+    /// Followers refuse votes for an election timeout after hearing from their leader (thesis §4.2.3, with
+    /// check-quorum; also for an election timeout after they boot). So when a quorum acknowledged a round
+    /// this leader started at tick T, no other leader can be elected before that quorum's clocks pass
+    /// T + `election_ticks`; the lease ends earlier, at T + `lease_ticks`. Assumes every node's ticks run at
+    /// rates within the margin between the two (clock drift, not clock offset, matters), and that the driver
+    /// ticks according to real time, catching up after a pause before asking for a lease.
+    ///
+    /// Also requires an entry of this term to be committed (thesis §6.4 step 1), so the commit index is
+    /// current.
+    pub fn lease_read(&self) -> Option<Index> {
+        let RoleState::Leader(ls) = &self.role else {
+            return None;
+        };
+        if !self.cfg.check_quorum || self.cfg.lease_ticks == 0 {
+            return None;
+        }
+        let committed = self.log.committed();
+        if self.log.term(committed) != Some(self.term) {
+            return None;
+        }
+        let mut acked: Vec<u64> = self
+            .cfg
+            .voters
+            .iter()
+            .map(|v| {
+                if *v == self.id {
+                    ls.read_seq
+                } else {
+                    ls.progress.get(v).map(|p| p.read_seq).unwrap_or(0)
+                }
+            })
+            .collect();
+        acked.sort_unstable_by(|a, b| b.cmp(a));
+        let seq = acked[self.quorum() - 1];
+        // The round's start, or an earlier tick (conservative) when it was not the first of its tick.
+        let start = ls
+            .rounds
+            .iter()
+            .rev()
+            .find(|&&(s, _)| s <= seq)
+            .map(|&(_, t)| t)?;
+        (start + u64::from(self.cfg.lease_ticks) > self.ticks).then_some(committed)
+    }
+
+    /// Per-follower replication state, for status pages: (id, match, next, state name, ticks since heard).
+    pub fn progress(&self) -> Vec<(NodeId, Index, Index, &'static str, u64)> {
         match &self.role {
             RoleState::Leader(ls) => ls
                 .progress
@@ -505,7 +573,7 @@ impl Raft {
                         ProgressState::Replicate => "replicate",
                         ProgressState::Snapshot(_) => "snapshot",
                     };
-                    (id, p.matched, p.next, state)
+                    (id, p.matched, p.next, state, self.ticks - p.last_heard)
                 })
                 .collect(),
             _ => Vec::new(),

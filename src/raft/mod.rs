@@ -48,6 +48,10 @@
 //! - Per-follower progress in probe/replicate states, a window of in-flight appends, caps on entries and bytes
 //!   per append; heartbeats carry the commit index (capped at what the follower is known to match).
 //! - Read index with batched heartbeat rounds, forwarded from followers (thesis §6.4).
+//! - Leader leases (thesis §6.4.1, [`Raft::lease_read`]): every heartbeat broadcast starts a numbered round;
+//!   a round acknowledged by a quorum gives the leader `lease_ticks` of reads without a round. Only with
+//!   check-quorum, whose followers refuse votes for an election timeout after hearing from the leader (and,
+//!   once restarted, after booting).
 //! - Forwarded proposals from followers ([`MessageBody::Propose`]).
 //! - A log that may start after index 1 (entries before it compacted into a snapshot).
 //!
@@ -57,8 +61,8 @@
 //! # Not yet
 //! - Snapshots: compaction and InstallSnapshot (a follower behind the first index is marked as needing a
 //!   snapshot and logged; nothing compacts the log yet).
-//! - Membership changes and leadership transfer: the voter set is fixed at construction.
-//! - Lease reads.
+//! - Membership changes and leadership transfer: the voter set is fixed at construction. (A leadership
+//!   transfer must end the old leader's lease before the new one is elected.)
 
 mod leader;
 mod log;

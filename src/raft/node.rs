@@ -38,6 +38,11 @@ pub struct Config {
     pub max_apply_bytes: usize,
     /// At most this many reads waiting for a read-index round on the leader.
     pub max_pending_reads: usize,
+    /// Thesis §6.4.1: a leader whose heartbeat round started at tick T was acknowledged by a quorum may serve
+    /// reads without another round until T + `lease_ticks` ([`Raft::lease_read`]). Requires `check_quorum`
+    /// (followers then refuse votes for `election_ticks` after hearing from the leader) and must be below
+    /// `election_ticks`; the margin is what tolerates nodes' clocks running at different rates. 0 disables.
+    pub lease_ticks: u32,
 }
 
 impl Config {
@@ -56,6 +61,7 @@ impl Config {
             max_bytes_per_msg: 1 << 20,
             max_apply_bytes: 64 << 20,
             max_pending_reads: 100_000,
+            lease_ticks: 8,
         }
     }
 
@@ -74,6 +80,12 @@ impl Config {
             return Err(format!(
                 "election ticks ({}) must exceed heartbeat ticks ({}) which must be at least 1",
                 self.election_ticks, self.heartbeat_ticks
+            ));
+        }
+        if self.lease_ticks >= self.election_ticks {
+            return Err(format!(
+                "lease ticks ({}) must be below election ticks ({})",
+                self.lease_ticks, self.election_ticks
             ));
         }
         if self.max_inflight == 0 || self.max_entries_per_msg == 0 || self.max_pending_reads == 0 {
@@ -202,6 +214,12 @@ pub struct Raft {
     /// Ticks since the last election timer reset (followers, candidates) or check-quorum round (leader).
     pub(super) election_elapsed: u32,
     pub(super) randomized_timeout: u32,
+    /// Ticks since this node was constructed: its logical clock.
+    pub(super) ticks: u64,
+    /// The tick at which we last heard from the leader of our term (followers).
+    leader_contact: u64,
+    /// Started with a term above 0: this node may have served a leader before it went down.
+    restarted: bool,
     pub(super) rng: Rng,
     pub(super) msgs: Vec<Message>,
     pub(super) proposed: Vec<Proposed>,
@@ -239,6 +257,9 @@ impl Raft {
             role: RoleState::Follower,
             election_elapsed: 0,
             randomized_timeout: cfg.election_ticks,
+            ticks: 0,
+            leader_contact: 0,
+            restarted: hs.term > 0,
             rng: Rng::new(seed),
             msgs: Vec::new(),
             proposed: Vec::new(),
@@ -303,6 +324,14 @@ impl Raft {
             commit: self.log.committed(),
         }
     }
+    /// How many ticks ago we last heard from the leader: 0 on the leader, `None` when no leader is known.
+    pub fn leader_contact_age(&self) -> Option<u64> {
+        match (&self.role, self.leader) {
+            (RoleState::Leader(_), _) => Some(0),
+            (_, Some(_)) => Some(self.ticks - self.leader_contact),
+            (_, None) => None,
+        }
+    }
     pub(super) fn quorum(&self) -> usize {
         self.cfg.voters.len() / 2 + 1
     }
@@ -319,6 +348,7 @@ impl Raft {
 
     /// Advances logical time by one tick: drives election timeouts, heartbeats and check-quorum.
     pub fn tick(&mut self) {
+        self.ticks += 1;
         if self.is_leader() {
             self.tick_leader();
             return;
@@ -456,8 +486,13 @@ impl Raft {
     /// The term rules every server follows (paper Figure 2 "Rules for Servers", thesis §9.6 for pre-vote,
     /// §4.2.3 for ignoring disruptive vote requests). Returns whether the message should be handled further.
     fn term_check(&mut self, m: &Message) -> bool {
+        // A node that restarted may have acknowledged a leader's heartbeat just before: with leases on, it
+        // keeps that promise for an election timeout after booting too (see `lease_read`).
+        let booting = self.restarted
+            && self.cfg.lease_ticks > 0
+            && self.ticks < u64::from(self.cfg.election_ticks);
         let in_lease = self.cfg.check_quorum
-            && self.leader.is_some()
+            && (self.leader.is_some() || booting)
             && self.election_elapsed < self.cfg.election_ticks;
         if m.term > self.term {
             match m.body {
@@ -542,6 +577,7 @@ impl Raft {
         if self.role() != Role::Follower || self.leader != Some(from) {
             self.become_follower(self.term, Some(from));
         }
+        self.leader_contact = self.ticks;
         true
     }
 

@@ -38,6 +38,8 @@ pub struct Progress {
     pub read_seq: u64,
     /// The highest commit index sent to this follower, so a new one can be sent as soon as possible.
     pub sent_commit: Index,
+    /// The leader's tick when this follower last answered.
+    pub last_heard: u64,
 }
 
 impl Progress {
@@ -51,6 +53,7 @@ impl Progress {
             recent_active: false,
             read_seq: 0,
             sent_commit: 0,
+            last_heard: 0,
         }
     }
 

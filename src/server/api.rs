@@ -20,6 +20,9 @@ pub enum Consistency {
     Linearizable,
     /// This node's local state, possibly behind (the seed's `relaxed=true`).
     Stale,
+    /// On the leader, from its lease when it holds one (thesis §6.4.1: no heartbeat round; relies on
+    /// bounded clock drift); otherwise, and on followers, exactly like `Linearizable`.
+    Lease,
 }
 
 /// A request from an HTTP worker to the Raft thread. The reply goes to a one-shot channel.
@@ -75,6 +78,8 @@ pub struct ReadOk {
     pub modify_index: Index,
     pub applied_index: Index,
     pub term: Term,
+    /// How long ago this node last heard from the leader (zero on the leader; `None`: no leader known).
+    pub leader_contact: Option<std::time::Duration>,
 }
 
 /// Why a request was not served.
@@ -94,6 +99,8 @@ pub enum ApiError {
     NotLeader {
         leader: Option<NodeId>,
         leader_addr: Option<String>,
+        /// The leader's HTTP address, when it has announced it to this node.
+        leader_http: Option<String>,
     },
     /// The write was appended but overwritten by a new leader; it was not applied.
     NotCommitted,
@@ -170,9 +177,11 @@ impl ApiError {
         if let ApiError::NotLeader {
             leader: Some(id),
             leader_addr,
+            leader_http,
         } = self
         {
-            err["leader"] = serde_json::json!({"id": id, "raft_addr": leader_addr});
+            err["leader"] =
+                serde_json::json!({"id": id, "raft_addr": leader_addr, "http_addr": leader_http});
         }
         if let ApiError::PreconditionFailed { current } = self {
             err["current_index"] = serde_json::json!(current);

@@ -172,10 +172,10 @@ fn get(
     let consistency = if relaxed {
         Consistency::Stale
     } else {
-        Consistency::Linearizable
+        consistency_param(params)?
     };
-    let ok = read(ReadQuery::Get(key), consistency, to_raft, cfg)?;
-    let Some(value) = ok.value else {
+    let mut ok = read(ReadQuery::Get(key), consistency, to_raft, cfg)?;
+    let Some(value) = ok.value.take() else {
         return Err(ApiError::NotFound("no such key".into()));
     };
     let mut resp = Response::from_data(value)
@@ -183,13 +183,37 @@ fn get(
         .with_header(header("X-Raft-Index", &ok.applied_index.to_string()))
         .with_header(header("X-Raft-Term", &ok.term.to_string()))
         .with_header(header("ETag", &format!("\"{}\"", ok.modify_index)));
-    if relaxed {
-        resp = resp.with_header(header(
-            "X-Nimbus-Applied-Index",
-            &ok.applied_index.to_string(),
-        ));
+    if consistency == Consistency::Stale {
+        resp = stale_headers(resp, &ok);
     }
     Ok(resp)
+}
+
+/// `consistency=linearizable|lease|stale` (default linearizable).
+pub(super) fn consistency_param(params: &[(String, Vec<u8>)]) -> Result<Consistency, ApiError> {
+    match param(params, "consistency") {
+        None | Some(b"linearizable") => Ok(Consistency::Linearizable),
+        Some(b"lease") => Ok(Consistency::Lease),
+        Some(b"stale") => Ok(Consistency::Stale),
+        Some(v) => Err(ApiError::BadRequest(format!(
+            "consistency must be linearizable, lease or stale, got {:?}",
+            String::from_utf8_lossy(v)
+        ))),
+    }
+}
+
+/// What a stale answer says about its staleness: the index this node had applied, and how long ago it
+/// last heard from the leader (`none` when it knows no leader).
+pub(super) fn stale_headers(resp: HttpResponse, ok: &ReadOk) -> HttpResponse {
+    let contact = ok
+        .leader_contact
+        .map(|d| d.as_millis().to_string())
+        .unwrap_or_else(|| "none".into());
+    resp.with_header(header(
+        "X-Nimbus-Applied-Index",
+        &ok.applied_index.to_string(),
+    ))
+    .with_header(header("X-Nimbus-Last-Contact-Ms", &contact))
 }
 
 fn status(to_raft: &Sender<ClientRequest>, cfg: &NodeConfig) -> Result<HttpResponse, ApiError> {

@@ -79,6 +79,9 @@ impl Node {
         let mut rcfg = RaftConfig::new(id, cfg.members.keys().copied());
         rcfg.election_ticks = cfg.election_ticks;
         rcfg.heartbeat_ticks = cfg.heartbeat_ticks;
+        // The lease covers 80 % of the minimum election timeout: nodes' tick rates may differ by up to
+        // that margin (see `Raft::lease_read`).
+        rcfg.lease_ticks = cfg.election_ticks * 4 / 5;
         let snapshot_index = rec.first_index.saturating_sub(1);
         let init = InitialState {
             hard_state: rec.hard_state,
@@ -106,6 +109,7 @@ impl Node {
         }
         let mut tcfg = TransportConfig::new(id, cfg.cluster_name.clone(), raft_listen, peers);
         tcfg.connect_timeout = cfg.tick * cfg.election_ticks;
+        tcfg.advertise_http = Some(cfg.http_addr);
         let transport = Transport::start(tcfg, peer_tx).map_err(|e| {
             ServerError(format!(
                 "cannot start the peer transport on {raft_listen}: {e}"

@@ -14,6 +14,11 @@
 //!   token (the client's, or one generated here). If the leader changes while it is in flight, the same
 //!   bytes are proposed again (as soon as a leader is known, until the deadline); the state machine applies
 //!   the token once and answers a repeat with the first result.
+//! - The core's clock follows real time: every tick event (and every lease read) first catches up on the
+//!   ticks that are due, so a paused process (SIGSTOP, a long GC-like stall, an overloaded machine) sees
+//!   its missed ticks before it serves anything from a lease.
+//! - A lease read (`consistency=lease`) is answered without a heartbeat round only while the core says the
+//!   lease holds; otherwise it takes the read-index path like a linearizable read.
 //! - The loop never blocks on the network: the transport's `send` only enqueues.
 //! - A storage failure is fatal: the loop stops, and the node with it, since what is durable is unknown.
 
@@ -65,6 +70,8 @@ pub struct LoopStats {
     pub timeouts: u64,
     /// Tokened writes proposed again after a leader change.
     pub retries: u64,
+    /// Reads served from the leader's lease (no heartbeat round).
+    pub lease_reads: u64,
 }
 
 pub struct RaftLoop {
@@ -92,6 +99,8 @@ pub struct RaftLoop {
     next_token: u64,
     stats: LoopStats,
     last_role: Role,
+    /// When the core was last ticked (up to a whole number of tick intervals).
+    last_tick: Instant,
 }
 
 impl RaftLoop {
@@ -126,6 +135,7 @@ impl RaftLoop {
             next_token: 0,
             stats: LoopStats::default(),
             last_role: Role::Follower,
+            last_tick: Instant::now(),
         }
     }
 
@@ -137,7 +147,7 @@ impl RaftLoop {
         loop {
             select! {
                 recv(ticker) -> _ => {
-                    self.raft.tick();
+                    self.catch_up_ticks();
                     self.expire(Instant::now());
                     self.retry_writes();
                 }
@@ -172,6 +182,25 @@ impl RaftLoop {
         self.fail_all(ApiError::LeaderChanged);
         self.transport.shutdown();
         Ok(())
+    }
+
+    /// Ticks the core once for every whole tick interval since the last tick (bounded, so a process
+    /// frozen for hours does not spin: past three election timeouts more ticks change nothing).
+    fn catch_up_ticks(&mut self) {
+        let now = Instant::now();
+        let tick = self.cfg.tick;
+        let due = (now.saturating_duration_since(self.last_tick).as_nanos()
+            / tick.as_nanos().max(1))
+        .min(u128::from(u32::MAX)) as u32;
+        let cap = 3 * self.cfg.election_ticks + 1;
+        for _ in 0..due.min(cap) {
+            self.raft.tick();
+        }
+        if due > cap {
+            self.last_tick = now;
+        } else {
+            self.last_tick += tick * due;
+        }
     }
 
     fn request_id(&mut self) -> u64 {
@@ -237,6 +266,23 @@ impl RaftLoop {
                 self.park(id, Waiter::Read { query, reply });
                 self.raft.read_index(id);
             }
+            ClientRequest::Read {
+                query,
+                consistency: Consistency::Lease,
+                reply,
+            } => {
+                let id = self.request_id();
+                self.park(id, Waiter::Read { query, reply });
+                self.catch_up_ticks();
+                match self.raft.lease_read() {
+                    Some(index) => {
+                        self.stats.lease_reads += 1;
+                        self.reads_at.entry(index).or_default().push(id);
+                        self.release_reads();
+                    }
+                    None => self.raft.read_index(id),
+                }
+            }
             ClientRequest::Status { reply } => {
                 let _ = reply.send(self.status());
             }
@@ -251,6 +297,10 @@ impl RaftLoop {
             modify_index: 0,
             applied_index: self.kv.applied(),
             term: self.raft.term(),
+            leader_contact: self
+                .raft
+                .leader_contact_age()
+                .map(|t| self.cfg.tick * u32::try_from(t).unwrap_or(u32::MAX)),
         };
         match query {
             ReadQuery::Get(key) => {
@@ -347,7 +397,10 @@ impl RaftLoop {
             for r in rd.reads {
                 match r.result {
                     Ok(index) => self.reads_at.entry(index).or_default().push(r.request_id),
-                    Err(e) => self.fail(r.request_id, request_error(&self.cfg, e)),
+                    Err(e) => {
+                        let e = self.request_error(e);
+                        self.fail(r.request_id, e)
+                    }
                 }
             }
             self.raft.advance();
@@ -388,7 +441,8 @@ impl RaftLoop {
             self.retry_queue.push(id);
             self.retry_writes();
         } else {
-            self.fail(id, request_error(&self.cfg, e));
+            let e = self.request_error(e);
+            self.fail(id, e);
         }
     }
 
@@ -571,16 +625,27 @@ impl RaftLoop {
             .raft
             .progress()
             .into_iter()
-            .map(|(id, matched, next, state)| {
-                serde_json::json!({"id": id, "match": matched, "next": next, "state": state})
+            .map(|(id, matched, next, state, heard)| {
+                serde_json::json!({
+                    "id": id, "match": matched, "next": next, "state": state,
+                    "last_contact_ms": self.ticks_ms(heard),
+                })
             })
             .collect();
+        let leader_http = self
+            .raft
+            .leader()
+            .and_then(|l| self.http_addr_of(l))
+            .map(|a| a.to_string());
         serde_json::json!({
             "id": self.cfg.id,
             "role": format!("{:?}", self.raft.role()).to_lowercase(),
             "term": self.raft.term(),
             "leader": self.raft.leader(),
             "leader_raft_addr": self.raft.leader().and_then(|l| self.cfg.members.get(&l)),
+            "leader_http_addr": leader_http,
+            "leader_last_contact_ms": self.raft.leader_contact_age().map(|t| self.ticks_ms(t)),
+            "lease_valid": self.raft.lease_read().is_some(),
             "commit_index": log.committed(),
             "applied_index": self.kv.applied(),
             "last_index": log.last_index(),
@@ -601,6 +666,7 @@ impl RaftLoop {
                 "reads_ok": self.stats.reads_ok,
                 "timeouts": self.stats.timeouts,
                 "write_retries": self.stats.retries,
+                "lease_reads": self.stats.lease_reads,
                 "idempotency_tokens": self.kv.tokens(),
                 "wal": format!("{wal:?}"),
             },
@@ -608,15 +674,31 @@ impl RaftLoop {
     }
 }
 
-/// Maps a core error to what the client sees.
-fn request_error(cfg: &NodeConfig, e: RequestError) -> ApiError {
-    match e {
-        RequestError::NotLeader { leader: None } => ApiError::NoLeader,
-        RequestError::NotLeader { leader: Some(l) } => ApiError::NotLeader {
-            leader: Some(l),
-            leader_addr: cfg.members.get(&l).cloned(),
-        },
-        RequestError::LeaderChanged => ApiError::LeaderChanged,
-        RequestError::Busy => ApiError::Busy,
+impl RaftLoop {
+    /// Maps a core error to what the client sees.
+    fn request_error(&self, e: RequestError) -> ApiError {
+        match e {
+            RequestError::NotLeader { leader: None } => ApiError::NoLeader,
+            RequestError::NotLeader { leader: Some(l) } => ApiError::NotLeader {
+                leader: Some(l),
+                leader_addr: self.cfg.members.get(&l).cloned(),
+                leader_http: self.http_addr_of(l).map(|a| a.to_string()),
+            },
+            RequestError::LeaderChanged => ApiError::LeaderChanged,
+            RequestError::Busy => ApiError::Busy,
+        }
+    }
+
+    /// A node's HTTP address: ours from the configuration, a peer's as its handshake announced it.
+    fn http_addr_of(&self, id: crate::raft::NodeId) -> Option<std::net::SocketAddr> {
+        if id == self.cfg.id {
+            Some(self.cfg.http_addr)
+        } else {
+            self.transport.peer_http(id)
+        }
+    }
+
+    fn ticks_ms(&self, ticks: u64) -> u64 {
+        (self.cfg.tick.as_millis() as u64).saturating_mul(ticks)
     }
 }

@@ -18,8 +18,8 @@
 
 use super::api::{ApiError, ClientRequest, Consistency, ReadQuery};
 use super::http::{
-    check_key, check_value_len, header, idempotency_key, json_response, param, percent_decode,
-    read, write, HttpResponse, Params,
+    check_key, check_value_len, consistency_param, header, idempotency_key, json_response, param,
+    percent_decode, read, stale_headers, write, HttpResponse, Params,
 };
 use crate::config::NodeConfig;
 use crate::kv::{Command, Condition};
@@ -59,26 +59,15 @@ fn method_not_allowed(method: &Method, path: &str) -> ApiError {
     ApiError::MethodNotAllowed(format!("method {method} not allowed on {path}"))
 }
 
-fn consistency(params: &Params) -> Result<Consistency, ApiError> {
-    match param(params, "consistency") {
-        None | Some(b"linearizable") => Ok(Consistency::Linearizable),
-        Some(b"stale") => Ok(Consistency::Stale),
-        Some(v) => Err(ApiError::BadRequest(format!(
-            "consistency must be linearizable or stale, got {:?}",
-            String::from_utf8_lossy(v)
-        ))),
-    }
-}
-
 fn get(
     key: Vec<u8>,
     params: &Params,
     to_raft: &Sender<ClientRequest>,
     cfg: &NodeConfig,
 ) -> Result<HttpResponse, ApiError> {
-    let c = consistency(params)?;
-    let ok = read(ReadQuery::Get(key), c, to_raft, cfg)?;
-    let Some(value) = ok.value else {
+    let c = consistency_param(params)?;
+    let mut ok = read(ReadQuery::Get(key), c, to_raft, cfg)?;
+    let Some(value) = ok.value.take() else {
         return Err(ApiError::NotFound("no such key".into()));
     };
     let mut r = Response::from_data(value)
@@ -87,10 +76,7 @@ fn get(
         .with_header(header("X-Raft-Index", &ok.applied_index.to_string()))
         .with_header(header("X-Raft-Term", &ok.term.to_string()));
     if c == Consistency::Stale {
-        r = r.with_header(header(
-            "X-Nimbus-Applied-Index",
-            &ok.applied_index.to_string(),
-        ));
+        r = stale_headers(r, &ok);
     }
     Ok(r)
 }
@@ -194,7 +180,7 @@ fn list(
                 ApiError::BadRequest(format!("limit must be an integer from 1 to {MAX_LIMIT}"))
             })?,
     };
-    let c = consistency(params)?;
+    let c = consistency_param(params)?;
     let ok = read(
         ReadQuery::Scan {
             prefix,

@@ -2,7 +2,8 @@
 //!
 //! Wire format: every frame is a `u32` little-endian payload length followed by the payload. The first frame
 //! on a connection is the handshake (`NIMB`, protocol version `u16`, cluster name as a byte string of at most
-//! 255 bytes, sender id `u64`); every later frame is one [`Message`] encoded by [`codec`]. Frames over
+//! 255 bytes, sender id `u64`, the sender's HTTP address as a byte string of at most 255 bytes, possibly
+//! empty); every later frame is one [`Message`] encoded by [`codec`]. Frames over
 //! `max_frame_size` (default 64 MiB), undecodable frames, a bad handshake (wrong magic, version or cluster
 //! name; an unknown or zero sender) or a message whose `from`/`to` do not match the connection close that
 //! connection with a warning naming the peer address and the reason.
@@ -35,7 +36,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 const MAGIC: &[u8; 4] = b"NIMB";
-const PROTOCOL_VERSION: u16 = 1;
+const PROTOCOL_VERSION: u16 = 2;
 const MAX_CLUSTER_NAME: usize = 255;
 /// Bytes of queued messages folded into one write.
 const MAX_WRITE_BATCH: usize = 4 << 20;
@@ -56,6 +57,9 @@ pub struct TransportConfig {
     pub read_timeout: Duration,
     pub backoff_min: Duration,
     pub backoff_max: Duration,
+    /// This node's HTTP address, told to peers in the handshake so followers can name the leader's. An
+    /// unspecified IP (`0.0.0.0`) is replaced, on the receiving side, by the IP the connection came from.
+    pub advertise_http: Option<SocketAddr>,
 }
 
 impl TransportConfig {
@@ -77,6 +81,7 @@ impl TransportConfig {
             read_timeout: Duration::from_secs(30),
             backoff_min: Duration::from_millis(20),
             backoff_max: Duration::from_secs(1),
+            advertise_http: None,
         }
     }
 }
@@ -125,12 +130,15 @@ pub struct Transport {
     stop: Arc<AtomicBool>,
     threads: Vec<JoinHandle<()>>,
     readers: Arc<Mutex<Vec<JoinHandle<()>>>>,
+    peer_http: Arc<Mutex<BTreeMap<NodeId, SocketAddr>>>,
 }
 
 #[derive(Clone)]
 struct Shared {
     cfg: Arc<TransportConfig>,
     stop: Arc<AtomicBool>,
+    /// Peers' HTTP addresses, as their handshakes told.
+    peer_http: Arc<Mutex<BTreeMap<NodeId, SocketAddr>>>,
 }
 
 impl Transport {
@@ -153,9 +161,11 @@ impl Transport {
             .set_nonblocking(true)
             .map_err(|e| TransportError::Bind(cfg.listen, e))?;
         let stop = Arc::new(AtomicBool::new(false));
+        let peer_http = Arc::new(Mutex::new(BTreeMap::new()));
         let shared = Shared {
             cfg: Arc::new(cfg),
             stop: stop.clone(),
+            peer_http: peer_http.clone(),
         };
         let readers = Arc::new(Mutex::new(Vec::new()));
         let mut threads = Vec::new();
@@ -186,7 +196,17 @@ impl Transport {
             stop,
             threads,
             readers,
+            peer_http,
         })
+    }
+
+    /// The HTTP address a peer announced when it last connected to us, if it did.
+    pub fn peer_http(&self, id: NodeId) -> Option<SocketAddr> {
+        self.peer_http
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&id)
+            .copied()
     }
 
     /// Queues a message for its destination; never blocks. Drops (and counts) it if the queue is full.
@@ -313,17 +333,22 @@ impl FrameReader {
     }
 }
 
-fn handshake(cluster: &str, id: NodeId) -> Vec<u8> {
+fn handshake(cluster: &str, id: NodeId, http: Option<SocketAddr>) -> Vec<u8> {
     let mut w = Writer::new();
     w.buf.extend_from_slice(MAGIC);
     w.buf.extend_from_slice(&PROTOCOL_VERSION.to_le_bytes());
     w.bytes(cluster.as_bytes());
     w.u64(id);
+    w.bytes(http.map(|a| a.to_string()).unwrap_or_default().as_bytes());
     w.into_inner()
 }
 
-/// Validates a handshake; returns the sender's id.
-fn check_handshake(buf: &[u8], cfg: &TransportConfig) -> Result<NodeId, String> {
+/// Validates a handshake; returns the sender's id and the HTTP address it announced (empty or unparsable
+/// addresses are ignored: they only serve to point clients at the leader).
+fn check_handshake(
+    buf: &[u8],
+    cfg: &TransportConfig,
+) -> Result<(NodeId, Option<SocketAddr>), String> {
     if buf.len() < 6 || &buf[..4] != MAGIC {
         return Err("bad magic: not a nimbus peer".into());
     }
@@ -336,7 +361,14 @@ fn check_handshake(buf: &[u8], cfg: &TransportConfig) -> Result<NodeId, String> 
     let mut r = Reader::new(&buf[6..]);
     let cluster = r.bytes().map_err(|e| e.to_string())?;
     let id = r.u64().map_err(|e| e.to_string())?;
+    let http = r.bytes().map_err(|e| e.to_string())?;
     r.finish().map_err(|e| e.to_string())?;
+    if http.len() > MAX_CLUSTER_NAME {
+        return Err(format!("HTTP address of {} bytes", http.len()));
+    }
+    let http = std::str::from_utf8(&http)
+        .ok()
+        .and_then(|h| h.parse::<SocketAddr>().ok());
     if cluster != cfg.cluster.as_bytes() {
         return Err(format!(
             "cluster {:?}, we are {:?}",
@@ -350,7 +382,7 @@ fn check_handshake(buf: &[u8], cfg: &TransportConfig) -> Result<NodeId, String> 
             cfg.node_id
         ));
     }
-    Ok(id)
+    Ok((id, http))
 }
 
 // ---- Threads ----
@@ -427,8 +459,15 @@ fn reader(sh: Shared, mut stream: TcpStream, addr: SocketAddr, inbound: Sender<M
         };
         let Some(peer) = from else {
             match check_handshake(buf, cfg) {
-                Ok(id) => {
+                Ok((id, http)) => {
                     debug!("transport: node {id} connected from {addr}");
+                    if let Some(mut h) = http {
+                        if h.ip().is_unspecified() {
+                            h.set_ip(addr.ip());
+                        }
+                        let mut map = sh.peer_http.lock().unwrap_or_else(|e| e.into_inner());
+                        map.insert(id, h);
+                    }
                     from = Some(id);
                     continue;
                 }
@@ -461,7 +500,7 @@ fn reader(sh: Shared, mut stream: TcpStream, addr: SocketAddr, inbound: Sender<M
 /// Owns the one outbound connection to `peer`.
 fn writer(sh: Shared, peer: NodeId, addr: String, rx: Receiver<Message>, stats: Arc<PeerStats>) {
     let cfg = &sh.cfg;
-    let hello = handshake(&cfg.cluster, cfg.node_id);
+    let hello = handshake(&cfg.cluster, cfg.node_id, cfg.advertise_http);
     let mut conn: Option<BufWriter<TcpStream>> = None;
     let mut backoff = cfg.backoff_min;
     let mut unreachable = false;

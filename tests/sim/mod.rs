@@ -107,6 +107,8 @@ pub struct Stats {
     pub elections: u64,
     pub writes_acked: u64,
     pub reads_ok: u64,
+    /// Reads answered from a leader's lease.
+    pub lease_reads: u64,
     /// AppendResponse rejections delivered.
     pub append_rejects: u64,
 }
@@ -313,6 +315,27 @@ impl Sim {
             }
         }
         self.process(id);
+        r
+    }
+
+    /// Starts a read on `id` that uses the leader's lease when it holds one (answered at the lease's index
+    /// once applied, no heartbeat round), and the read index otherwise; returns the request id.
+    pub fn read_lease(&mut self, id: NodeId) -> u64 {
+        let lease = self.nodes[&id].raft.as_ref().and_then(|r| r.lease_read());
+        let Some(index) = lease else {
+            return self.read(id);
+        };
+        let r = self.next_request;
+        self.next_request += 1;
+        self.events += 1;
+        self.requests.insert(r, (id, self.events, None));
+        self.stats.lease_reads += 1;
+        self.nodes
+            .get_mut(&id)
+            .unwrap()
+            .reads_waiting
+            .insert(r, index);
+        self.answer_waiting(id);
         r
     }
 
