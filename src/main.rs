@@ -52,9 +52,13 @@ struct CheckArgs {
     /// Per-request timeout in milliseconds; a request over it counts as indeterminate.
     #[arg(long, default_value_t = 2000)]
     timeout_ms: u64,
-    /// Percentage of operations that are writes.
+    /// Percentage of operations that are writes (deletes and conditional writes included).
     #[arg(long, default_value_t = 50)]
     write_percent: u64,
+    /// Routes the clients use: "seed" (/set, /get), "rest" (PUT plain, If-Match and If-None-Match, DELETE
+    /// plain and If-Match, GET /v1/kv) or "all" (both).
+    #[arg(long, default_value = "all")]
+    mix: hash_nimbus::check::workload::Mix,
     /// Seed of the clients' random choices.
     #[arg(long, default_value_t = 1)]
     seed: u64,
@@ -157,6 +161,7 @@ fn check(args: CheckArgs) -> ExitCode {
         duration: Duration::from_secs(args.secs),
         timeout: Duration::from_millis(args.timeout_ms.max(1)),
         write_percent: args.write_percent,
+        mix: args.mix,
         seed: args.seed,
         max_ops_per_client: 1_000_000,
     });
@@ -179,13 +184,16 @@ fn check(args: CheckArgs) -> ExitCode {
         .clone();
     let r = analyze(&records);
     println!(
-        "{} operations: {} ok, {} failed, {} indeterminate, on {} keys; acknowledged writes lost: {}",
+        "{} operations: {} ok, {} failed, {} indeterminate, on {} keys, {} checked; acknowledged writes \
+         lost: {}\n{}",
         records.len(),
         r.ok,
         r.failed,
         r.indeterminate,
         r.keys,
-        r.lost_writes
+        r.checked,
+        r.lost_writes,
+        r.by_kind_table()
     );
     if r.violations.is_empty() && r.lost_writes == 0 {
         println!("linearizable: yes");
