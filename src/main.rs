@@ -4,7 +4,8 @@
 //! other flag has a default. Any bad input exits non-zero with one clear line.
 //!
 //! `nimbus check --nodes 127.0.0.1:2021,127.0.0.1:2022,127.0.0.1:2023` runs concurrent clients against a
-//! running cluster and checks the history for linearizability (bring your own faults meanwhile).
+//! running cluster and checks the history for linearizability (bring your own faults meanwhile). Every run
+//! uses fresh keys, so it may be repeated against the same cluster.
 
 use clap::{Args, Parser, Subcommand};
 use hash_nimbus::config::{listen_addr, parse_cluster, NodeConfig};
@@ -154,10 +155,16 @@ fn check(args: CheckArgs) -> ExitCode {
         );
         return ExitCode::from(2);
     }
+    // Fresh keys for every run: the checker assumes each key starts absent, and values are only unique
+    // within a run.
+    let nonce = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64);
     let cfg = Arc::new(workload::WorkloadConfig {
         nodes,
         clients: args.clients,
         keys: args.keys,
+        key_prefix: format!("nimbus-check-{nonce:x}-k"),
         duration: Duration::from_secs(args.secs),
         timeout: Duration::from_millis(args.timeout_ms.max(1)),
         write_percent: args.write_percent,
@@ -167,8 +174,8 @@ fn check(args: CheckArgs) -> ExitCode {
     });
     let run = workload::Run::new();
     eprintln!(
-        "running {} clients on {} keys for {} s...",
-        cfg.clients, cfg.keys, args.secs
+        "running {} clients on {} keys ({}0..) for {} s...",
+        cfg.clients, cfg.keys, cfg.key_prefix, args.secs
     );
     for h in workload::spawn_clients(&run, &cfg) {
         let _ = h.join();

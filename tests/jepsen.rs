@@ -247,6 +247,7 @@ fn jepsen_run(n: usize, faults: Faults, seed: u64, secs: u64) {
         nodes: nodes.clone(),
         clients: 12,
         keys: 100,
+        key_prefix: "k".into(),
         duration: Duration::from_secs(secs),
         timeout: Duration::from_secs(3),
         write_percent: 50,

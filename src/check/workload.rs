@@ -143,6 +143,9 @@ pub struct WorkloadConfig {
     pub nodes: Vec<SocketAddr>,
     pub clients: usize,
     pub keys: usize,
+    /// Keys are `<key_prefix><n>` for n in `0..keys`. The checker assumes every key starts absent, so a run
+    /// against a cluster that already holds data needs a prefix no earlier run used.
+    pub key_prefix: String,
     pub duration: Duration,
     /// Per-request timeout (a request over it is indeterminate).
     pub timeout: Duration,
@@ -160,6 +163,7 @@ impl Default for WorkloadConfig {
             nodes: Vec::new(),
             clients: 8,
             keys: 32,
+            key_prefix: "k".into(),
             duration: Duration::from_secs(10),
             timeout: Duration::from_secs(2),
             write_percent: 50,
@@ -383,7 +387,9 @@ fn perform(
     value: u64,
     expect: Option<(u64, u64)>,
 ) -> (Op, Outcome, IndexSeen, String) {
-    let if_match = expect.map(|(i, _)| format!("\"{i}\""));
+    let if_match = expect
+        .filter(|_| matches!(kind, Kind::Cas | Kind::CasDelete))
+        .map(|(i, _)| format!("\"{i}\""));
     let expect_value = expect.map_or(0, |(_, v)| v);
     let body = value.to_string();
     let (request, op) = match kind {
@@ -495,7 +501,7 @@ pub fn client(run: Arc<Run>, cfg: Arc<WorkloadConfig>, index: usize) -> u64 {
     {
         done += 1;
         let node = rng.below(cfg.nodes.len() as u64) as usize;
-        let key = format!("k{}", rng.below(cfg.keys as u64));
+        let key = format!("{}{}", cfg.key_prefix, rng.below(cfg.keys as u64));
         let mut kind = pick(&mut rng, cfg.mix, cfg.write_percent);
         let expect = run.known(&key);
         if matches!(kind, Kind::Cas | Kind::CasDelete) && expect.is_none() {
@@ -591,7 +597,7 @@ pub fn final_reads(run: &Run, cfg: &WorkloadConfig, timeout: Duration) -> Result
         .map(|&a| HttpClient::new(a, cfg.timeout))
         .collect();
     for k in 0..cfg.keys {
-        let key = format!("k{k}");
+        let key = format!("{}{k}", cfg.key_prefix);
         let path = match cfg.mix {
             Mix::Seed => seed_path("get", &key),
             Mix::Rest | Mix::All => rest_path(&key),
