@@ -4,7 +4,8 @@
 //! other flag has a default. Any bad input exits non-zero with one clear line.
 //!
 //! `nimbus check --nodes 127.0.0.1:2021,127.0.0.1:2022,127.0.0.1:2023` runs concurrent clients against a
-//! running cluster and checks the history for linearizability (bring your own faults meanwhile).
+//! running cluster and checks the history for linearizability (bring your own faults meanwhile). Every run
+//! uses fresh keys, so it may be repeated against the same cluster.
 
 use clap::{Args, Parser, Subcommand};
 use hash_nimbus::config::{listen_addr, parse_cluster, NodeConfig};
@@ -52,9 +53,13 @@ struct CheckArgs {
     /// Per-request timeout in milliseconds; a request over it counts as indeterminate.
     #[arg(long, default_value_t = 2000)]
     timeout_ms: u64,
-    /// Percentage of operations that are writes.
+    /// Percentage of operations that are writes (deletes and conditional writes included).
     #[arg(long, default_value_t = 50)]
     write_percent: u64,
+    /// Routes the clients use: "seed" (/set, /get), "rest" (PUT plain, If-Match and If-None-Match, DELETE
+    /// plain and If-Match, GET /v1/kv) or "all" (both).
+    #[arg(long, default_value = "all")]
+    mix: hash_nimbus::check::workload::Mix,
     /// Seed of the clients' random choices.
     #[arg(long, default_value_t = 1)]
     seed: u64,
@@ -150,20 +155,27 @@ fn check(args: CheckArgs) -> ExitCode {
         );
         return ExitCode::from(2);
     }
+    // Fresh keys for every run: the checker assumes each key starts absent, and values are only unique
+    // within a run.
+    let nonce = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64);
     let cfg = Arc::new(workload::WorkloadConfig {
         nodes,
         clients: args.clients,
         keys: args.keys,
+        key_prefix: format!("nimbus-check-{nonce:x}-k"),
         duration: Duration::from_secs(args.secs),
         timeout: Duration::from_millis(args.timeout_ms.max(1)),
         write_percent: args.write_percent,
+        mix: args.mix,
         seed: args.seed,
         max_ops_per_client: 1_000_000,
     });
     let run = workload::Run::new();
     eprintln!(
-        "running {} clients on {} keys for {} s...",
-        cfg.clients, cfg.keys, args.secs
+        "running {} clients on {} keys ({}0..) for {} s...",
+        cfg.clients, cfg.keys, cfg.key_prefix, args.secs
     );
     for h in workload::spawn_clients(&run, &cfg) {
         let _ = h.join();
@@ -179,13 +191,16 @@ fn check(args: CheckArgs) -> ExitCode {
         .clone();
     let r = analyze(&records);
     println!(
-        "{} operations: {} ok, {} failed, {} indeterminate, on {} keys; acknowledged writes lost: {}",
+        "{} operations: {} ok, {} failed, {} indeterminate, on {} keys, {} checked; acknowledged writes \
+         lost: {}\n{}",
         records.len(),
         r.ok,
         r.failed,
         r.indeterminate,
         r.keys,
-        r.lost_writes
+        r.checked,
+        r.lost_writes,
+        r.by_kind_table()
     );
     if r.violations.is_empty() && r.lost_writes == 0 {
         println!("linearizable: yes");

@@ -8,15 +8,17 @@
 //!
 //! `JEPSEN_SEED=7 cargo test --release --test jepsen -- --nocapture` replays a nemesis schedule (process and
 //! network timing still vary between runs, as in any real-process test). `JEPSEN_SECS` sets the fault
-//! phase's length (default 15 s) and `JEPSEN_RUNS` the number of runs per test (default 1, each with the
-//! next seed). A long soak: `JEPSEN_RUNS=100 JEPSEN_SECS=60 cargo test --release --test jepsen -- --nocapture`.
+//! phase's length (default 15 s), `JEPSEN_RUNS` the number of runs per test (default 1, each with the
+//! next seed) and `JEPSEN_MIX` the routes the clients use (`all`, the default: seed and REST routes with
+//! compare-and-swap, create-only writes and deletes; `rest`; `seed`: `/set` and `/get` only).
+//! A long soak: `JEPSEN_RUNS=100 JEPSEN_SECS=60 cargo test --release --test jepsen -- --nocapture`.
 
 mod common;
 
 use common::proxy::Proxy;
 use common::{free_ports_except, TestCluster};
 use hash_nimbus::check::analyze;
-use hash_nimbus::check::workload::{self, Outcome, Run, WorkloadConfig};
+use hash_nimbus::check::workload::{self, Kind, Mix, Outcome, Run, WorkloadConfig};
 use hash_nimbus::raft::Rng;
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
@@ -235,6 +237,9 @@ fn jepsen(n: usize, faults: Faults, first_seed: u64) {
 }
 
 fn jepsen_run(n: usize, faults: Faults, seed: u64, secs: u64) {
+    let mix: Mix = std::env::var("JEPSEN_MIX")
+        .map(|m| m.parse().expect("JEPSEN_MIX"))
+        .unwrap_or(Mix::All);
     let (mut c, net) = start_cluster(n);
     c.wait_leader(Duration::from_secs(30));
     let nodes: Vec<SocketAddr> = (0..n).map(|i| c.http_addr(i)).collect();
@@ -242,9 +247,11 @@ fn jepsen_run(n: usize, faults: Faults, seed: u64, secs: u64) {
         nodes: nodes.clone(),
         clients: 12,
         keys: 100,
+        key_prefix: "k".into(),
         duration: Duration::from_secs(secs),
         timeout: Duration::from_secs(3),
         write_percent: 50,
+        mix,
         seed,
         max_ops_per_client: 50_000,
     });
@@ -280,18 +287,21 @@ fn jepsen_run(n: usize, faults: Faults, seed: u64, secs: u64) {
     let report = analyze(&records);
     let elections: Vec<String> = elections.iter().map(|d| format!("{d:.2?}")).collect();
     eprintln!(
-        "jepsen n={n} faults={faults:?} seed={seed}: {} ops checked ({} ok, {} failed, {} indeterminate) on {} keys; \
-         availability {:.0} ok ops/s under faults; leader elected after leader kills in [{}]; \
-         recovery after healing {:.1?}; acknowledged writes lost {}\nnemesis:\n{}",
+        "jepsen n={n} faults={faults:?} seed={seed}: {} ops ({} ok, {} failed, {} indeterminate), {} checked on {} \
+         keys; availability {:.0} ok ops/s under faults; leader elected after leader kills in [{}]; \
+         recovery after healing {:.1?}; acknowledged writes lost {}; {} violations\n{}\nnemesis:\n{}",
         records.len(),
         report.ok,
         report.failed,
         report.indeterminate,
+        report.checked,
         report.keys,
         ok_during as f64 / fault_secs,
         elections.join(", "),
         recovery,
         report.lost_writes,
+        report.violations.len(),
+        report.by_kind_table(),
         log.join("\n")
     );
     assert!(
@@ -308,6 +318,17 @@ fn jepsen_run(n: usize, faults: Faults, seed: u64, secs: u64) {
         "too few successful operations to mean anything: {}",
         report.ok
     );
+    // The mix must have exercised both outcomes of every conditional write, and deletes.
+    let counts = |k: Kind| report.by_kind.get(&k).copied().unwrap_or_default();
+    let rest = [Kind::Cas, Kind::Create, Kind::CasDelete, Kind::Delete];
+    for k in rest.into_iter().filter(|_| mix != Mix::Seed) {
+        let c = counts(k);
+        assert!(
+            c.ok > c.refused && c.refused > 0,
+            "{}: too few successes or refusals to mean anything: {c:?}",
+            k.label()
+        );
+    }
 }
 
 /// The runs share the machine's two cores: one at a time.

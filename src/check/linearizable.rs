@@ -1,30 +1,67 @@
 //! A linearizability checker for a single register (Wing & Gong's search with Lowe's memoization, as in
 //! "Testing for Linearizability", G. Lowe, 2017).
 //!
+//! The register is a key: absent, or holding a value. Besides plain writes, reads and deletes it models the
+//! REST API's conditional writes. A compare-and-swap names the key's modify index, not its value; since the
+//! workload writes every value once, each value has exactly one modify index (the index of the entry that
+//! wrote it), so "the key's index is N" is the same as "the key holds the value written at N", and a CAS is
+//! modelled on values: [`Op::Cas`] succeeds iff the register holds `expect`. The caller maps indexes to
+//! values; the state stays one `Option<u64>`.
+//!
 //! One history per key. Each operation has an invocation and a completion time; an operation whose outcome
-//! is unknown (timeout, connection reset, "outcome unknown" errors) completes at +∞, so it may take effect at
-//! any point after its invocation, or never (taking effect after everything observed is the same as never).
-//! Operations that definitely failed must be left out by the caller.
+//! is unknown (timeout, connection reset, "outcome unknown" errors) completes at +∞: it either took effect
+//! as asked at some point after its invocation, or never. The search gives such an operation a total
+//! meaning instead (a CAS or create-only write whose condition does not hold when it is placed changes
+//! nothing, as the server would have answered 412), so it can always be placed, and placing it after
+//! everything observed is the same as never. [`check_brute_force`] uses the literal definition (omit it, or
+//! apply it with its condition holding); the randomized test checks that the two agree. The observed
+//! results of unknown operations (`ok`, `existed`) are ignored. Operations that definitely failed without
+//! observing anything (503 `not_leader`, ...) must be left out by the caller; definite answers that observed
+//! the state (a 412, a 404 delete) stay in, with what they observed.
 //!
 //! The search linearizes, in order of the event list, an operation whose invocation precedes every pending
 //! completion; it backtracks when a completion is reached before its operation was linearized. The cache of
 //! (set of linearized operations, register state) pairs already explored keeps the search polynomial on
-//! typical histories. Writes should carry unique values: that keeps the state space small.
+//! typical histories. Writes must carry unique values: that keeps the state space small, and the CAS
+//! modelling above depends on it.
 //!
 //! Limits: at most `max_steps` search steps per history (default 10 million); beyond it the answer is
 //! [`Verdict::Unknown`], never a guess.
 
 use std::collections::HashSet;
 
-/// What an operation did to the register.
+/// What an operation did to the register, as far as its answer tells.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum Op {
     /// Wrote this value.
     Write(u64),
     /// Read this value (`None`: the key did not exist).
     Read(Option<u64>),
-    /// Removed the key.
-    Delete,
+    /// Removed the key. `existed`: `Some(true)` if it removed a value (200), `Some(false)` if the key was
+    /// already absent (404), `None` if the answer does not say.
+    Delete { existed: Option<bool> },
+    /// Compare-and-swap: if the register holds `expect`, replace it with `new` (`None`: a conditional
+    /// delete). `ok`: the swap happened (200); `false`: the register did not hold `expect` (412), nothing
+    /// changed.
+    Cas {
+        expect: u64,
+        new: Option<u64>,
+        ok: bool,
+    },
+    /// Create-only write: if the key is absent, write `new`. `ok`: it was created (200); `false`: the key
+    /// existed (412), nothing changed.
+    Create { new: u64, ok: bool },
+}
+
+impl Op {
+    /// The value this operation writes if it takes effect.
+    pub fn written(&self) -> Option<u64> {
+        match *self {
+            Op::Write(v) | Op::Create { new: v, .. } => Some(v),
+            Op::Cas { new, .. } => new,
+            Op::Read(_) | Op::Delete { .. } => None,
+        }
+    }
 }
 
 /// One operation of a history. Times are any monotonic clock; `complete = None` means unknown outcome.
@@ -60,12 +97,49 @@ struct Event {
     partner: usize,
 }
 
-/// Applies `op` to `state`: the new state if the operation is legal there.
-fn step(state: Option<u64>, op: &Op) -> Option<Option<u64>> {
-    match op {
-        Op::Write(v) => Some(Some(*v)),
-        Op::Delete => Some(None),
-        Op::Read(v) => (*v == state).then_some(state),
+/// Applies `op` to `state`: the new state if the operation, with the answer it got, is legal there. An
+/// operation of unknown outcome (`known = false`) is always legal: applied as asked, or without effect if
+/// its condition does not hold (a read of unknown outcome observed nothing).
+fn step(state: Option<u64>, op: &Op, known: bool) -> Option<Option<u64>> {
+    match *op {
+        Op::Write(v) => Some(Some(v)),
+        Op::Read(v) => (!known || v == state).then_some(state),
+        Op::Delete { existed } => match existed {
+            Some(e) if known => (state.is_some() == e).then_some(None),
+            _ => Some(None),
+        },
+        Op::Cas { expect, new, ok } => {
+            let holds = state == Some(expect);
+            if !known {
+                Some(if holds { new } else { state })
+            } else if ok {
+                holds.then_some(new)
+            } else {
+                (!holds).then_some(state)
+            }
+        }
+        Op::Create { new, ok } => {
+            let holds = state.is_none();
+            if !known {
+                Some(if holds { Some(new) } else { state })
+            } else if ok {
+                holds.then_some(Some(new))
+            } else {
+                (!holds).then_some(state)
+            }
+        }
+    }
+}
+
+/// The literal meaning of an operation of unknown outcome, for [`check_brute_force`]: if it took effect, it
+/// did as asked (a CAS found `expect`, a create found no key); otherwise it is left out.
+fn step_if_applied(state: Option<u64>, op: &Op) -> Option<Option<u64>> {
+    match *op {
+        Op::Write(v) => Some(Some(v)),
+        Op::Read(v) => (v == state).then_some(state),
+        Op::Delete { .. } => Some(None),
+        Op::Cas { expect, new, .. } => (state == Some(expect)).then_some(new),
+        Op::Create { new, .. } => state.is_none().then_some(Some(new)),
     }
 }
 
@@ -150,7 +224,7 @@ pub fn check(history: &[Operation], max_steps: u64) -> Verdict {
         }
         if entry != usize::MAX && ev[entry].is_call {
             let i = ev[entry].op;
-            if let Some(new_state) = step(state, &history[i].op) {
+            if let Some(new_state) = step(state, &history[i].op, history[i].complete.is_some()) {
                 linearized[i / 64] |= 1 << (i % 64);
                 if cache.insert((linearized.clone(), new_state)) {
                     stack.push((entry, state));
@@ -186,10 +260,11 @@ pub fn check(history: &[Operation], max_steps: u64) -> Verdict {
     Verdict::Linearizable
 }
 
-/// Exhaustive checker for tiny histories (tests only): tries every order consistent with real time.
+/// Exhaustive checker for tiny histories (tests only): tries every order consistent with real time. An
+/// operation of unknown outcome may be left out, or placed with its condition holding.
 pub fn check_brute_force(history: &[Operation]) -> bool {
     fn go(h: &[Operation], used: &mut Vec<bool>, state: Option<u64>) -> bool {
-        if used.iter().all(|u| *u) {
+        if (0..h.len()).all(|i| used[i] || h[i].complete.is_none()) {
             return true;
         }
         for i in 0..h.len() {
@@ -200,7 +275,12 @@ pub fn check_brute_force(history: &[Operation]) -> bool {
             if used[i] || blocked {
                 continue;
             }
-            if let Some(s) = step(state, &h[i].op) {
+            let next = if h[i].complete.is_some() {
+                step(state, &h[i].op, true)
+            } else {
+                step_if_applied(state, &h[i].op)
+            };
+            if let Some(s) = next {
                 used[i] = true;
                 if go(h, used, s) {
                     return true;
@@ -261,15 +341,197 @@ mod tests {
         assert!(matches!(check(&h, 1000), Verdict::NotLinearizable { .. }));
     }
 
-    /// The search agrees with brute force on thousands of random small histories.
+    fn cas(expect: u64, new: Option<u64>, ok: bool) -> Op {
+        Op::Cas { expect, new, ok }
+    }
+
+    fn create(new: u64, ok: bool) -> Op {
+        Op::Create { new, ok }
+    }
+
+    fn del(existed: Option<bool>) -> Op {
+        Op::Delete { existed }
+    }
+
+    /// Both checkers must give `want` (true: linearizable).
+    fn expect(h: &[Operation], want: bool) {
+        let fast = check(h, 100_000);
+        assert_eq!(
+            fast == Verdict::Linearizable,
+            want,
+            "search on {h:?}: {fast:?}"
+        );
+        assert_eq!(check_brute_force(h), want, "brute force on {h:?}");
+    }
+
+    #[test]
+    fn conditional_writes_and_deletes_that_must_be_rejected() {
+        use Op::*;
+        // A CAS succeeded against a value that had been overwritten before it started.
+        expect(
+            &[
+                op(Write(1), 0, Some(1)),
+                op(Write(2), 2, Some(3)),
+                op(cas(1, Some(3), true), 4, Some(5)),
+            ],
+            false,
+        );
+        // Two concurrent CASes from the same value both succeeded (a lost update).
+        expect(
+            &[
+                op(Write(1), 0, Some(1)),
+                op(cas(1, Some(2), true), 2, Some(10)),
+                op(cas(1, Some(3), true), 3, Some(11)),
+            ],
+            false,
+        );
+        // A 412 although the register certainly held the expected value.
+        expect(
+            &[
+                op(Write(1), 0, Some(1)),
+                op(cas(1, Some(2), false), 2, Some(3)),
+            ],
+            false,
+        );
+        // A read after a successful CAS saw the old value.
+        expect(
+            &[
+                op(Write(1), 0, Some(1)),
+                op(cas(1, Some(2), true), 2, Some(3)),
+                op(Read(Some(1)), 4, Some(5)),
+            ],
+            false,
+        );
+        // A conditional delete succeeded, yet a later read saw the value.
+        expect(
+            &[
+                op(Write(1), 0, Some(1)),
+                op(cas(1, None, true), 2, Some(3)),
+                op(Read(Some(1)), 4, Some(5)),
+            ],
+            false,
+        );
+        // A 404 delete while the key certainly existed.
+        expect(
+            &[op(Write(1), 0, Some(1)), op(del(Some(false)), 2, Some(3))],
+            false,
+        );
+        // A 200 delete of a key that certainly did not exist.
+        expect(&[op(del(Some(true)), 0, Some(1))], false);
+        // A create-only write succeeded over an existing key; one failed on an absent key.
+        expect(
+            &[op(Write(1), 0, Some(1)), op(create(2, true), 2, Some(3))],
+            false,
+        );
+        expect(&[op(create(2, false), 0, Some(1))], false);
+        // An unknown-outcome CAS may take effect late, but not flicker.
+        expect(
+            &[
+                op(Write(1), 0, Some(1)),
+                op(cas(1, Some(2), true), 2, None),
+                op(Read(Some(2)), 5, Some(6)),
+                op(Read(Some(1)), 7, Some(8)),
+            ],
+            false,
+        );
+        // An unknown-outcome CAS whose expected value was gone before it started cannot have swapped.
+        expect(
+            &[
+                op(Write(1), 0, Some(1)),
+                op(Write(2), 2, Some(3)),
+                op(cas(1, Some(5), true), 4, None),
+                op(Read(Some(5)), 6, Some(7)),
+            ],
+            false,
+        );
+    }
+
+    #[test]
+    fn conditional_writes_and_deletes_that_must_be_accepted() {
+        use Op::*;
+        // Concurrent CASes from the same value: one wins, the other gets a 412.
+        expect(
+            &[
+                op(Write(1), 0, Some(1)),
+                op(cas(1, Some(2), true), 2, Some(10)),
+                op(cas(1, Some(3), false), 3, Some(11)),
+                op(Read(Some(2)), 12, Some(13)),
+            ],
+            true,
+        );
+        // An unknown-outcome CAS that happened, and one whose condition never held (it changed nothing).
+        expect(
+            &[
+                op(Write(1), 0, Some(1)),
+                op(cas(1, Some(2), true), 2, None),
+                op(cas(9, Some(3), true), 2, None),
+                op(Read(Some(2)), 5, Some(6)),
+            ],
+            true,
+        );
+        // An unknown-outcome CAS that did not happen before an overwrite.
+        expect(
+            &[
+                op(Write(1), 0, Some(1)),
+                op(cas(1, Some(2), true), 2, None),
+                op(Write(3), 3, Some(4)),
+                op(Read(Some(3)), 5, Some(6)),
+            ],
+            true,
+        );
+        // Two concurrent deletes: one removes the value, the other finds nothing.
+        expect(
+            &[
+                op(Write(1), 0, Some(1)),
+                op(del(Some(true)), 2, Some(10)),
+                op(del(Some(false)), 3, Some(11)),
+                op(Read(None), 12, Some(13)),
+            ],
+            true,
+        );
+        // Create, a failed create, delete, create again, CAS on the new value.
+        expect(
+            &[
+                op(create(1, true), 0, Some(1)),
+                op(create(2, false), 2, Some(3)),
+                op(Read(Some(1)), 4, Some(5)),
+                op(del(Some(true)), 6, Some(7)),
+                op(create(3, true), 8, Some(9)),
+                op(cas(3, Some(4), true), 10, Some(11)),
+                op(cas(3, Some(5), false), 12, Some(13)),
+                op(Read(Some(4)), 14, Some(15)),
+            ],
+            true,
+        );
+        // Unknown-outcome create over an existing key, unknown-outcome delete taking effect late.
+        expect(
+            &[
+                op(Write(1), 0, Some(1)),
+                op(create(2, true), 2, None),
+                op(del(None), 2, None),
+                op(Read(Some(1)), 3, Some(4)),
+                op(Read(None), 5, Some(6)),
+            ],
+            true,
+        );
+        // A 412 from CAS while the key is absent.
+        expect(&[op(cas(7, Some(8), false), 0, Some(1))], true);
+    }
+
+    /// The search agrees with brute force on thousands of random small histories with every kind of
+    /// operation, outcome and unknown outcomes.
     #[test]
     fn agrees_with_brute_force() {
         let mut rng = Rng::new(7);
-        let mut violations = 0;
-        for _ in 0..3000 {
+        let (mut violations, mut linearizable) = (0, 0);
+        for _ in 0..5000 {
             let n = 1 + rng.below(7) as usize;
             let mut h = Vec::new();
             let mut next_value = 1;
+            let fresh = |next: &mut u64| {
+                *next += 1;
+                *next - 1
+            };
             for _ in 0..n {
                 let invoke = rng.below(20);
                 let complete = if rng.chance(1, 8) {
@@ -277,17 +539,29 @@ mod tests {
                 } else {
                     Some(invoke + 1 + rng.below(10))
                 };
-                let o = match rng.below(4) {
-                    0 | 1 => {
-                        next_value += 1;
-                        Op::Write(next_value - 1)
-                    }
-                    2 => Op::Read(if rng.chance(1, 4) {
+                let ok = rng.chance(2, 3);
+                let o = match rng.below(8) {
+                    0 | 1 => Op::Write(fresh(&mut next_value)),
+                    2 | 3 => Op::Read(if rng.chance(1, 4) {
                         None
                     } else {
                         Some(1 + rng.below(next_value))
                     }),
-                    _ => Op::Delete,
+                    4 => del(match rng.below(3) {
+                        0 => None,
+                        1 => Some(false),
+                        _ => Some(true),
+                    }),
+                    5 | 6 => {
+                        let expect = 1 + rng.below(next_value);
+                        let new = if rng.chance(1, 4) {
+                            None
+                        } else {
+                            Some(fresh(&mut next_value))
+                        };
+                        cas(expect, new, ok)
+                    }
+                    _ => create(fresh(&mut next_value), ok),
                 };
                 h.push(op(o, invoke, complete));
             }
@@ -298,13 +572,15 @@ mod tests {
                 brute,
                 "history {h:?}: {fast:?}"
             );
-            if !brute {
+            if brute {
+                linearizable += 1;
+            } else {
                 violations += 1;
             }
         }
         assert!(
-            violations > 100,
-            "the random histories must include violations ({violations})"
+            violations > 500 && linearizable > 500,
+            "the random histories must include both verdicts ({violations} violations, {linearizable} linearizable)"
         );
     }
 }

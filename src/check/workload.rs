@@ -1,20 +1,29 @@
 //! Concurrent clients against a cluster's HTTP API, recording every operation for the checker.
 //!
-//! Each client thread picks a random node and a random key per operation, writes unique values (`<client
-//! process>-<counter>` encoded as a number) or reads linearizably, with a timeout. The outcome of each
-//! operation is classified:
-//! - **ok**: 200 (or 404 for a read: the key does not exist);
-//! - **failed**: an error that guarantees nothing was applied (400/404/413, 503 `no_leader`, `not_leader`,
-//!   `busy`, `not_committed`, or a refused connection);
-//! - **indeterminate**: anything else (timeout, 504, 503 `leader_changed`, a reset connection): the write may
-//!   or may not have happened. The client then continues under a new process id, as Jepsen does.
+//! Each client thread picks a random node, a random key and a random kind of request per operation (see
+//! [`Mix`]): writes carry unique values (`<client process> << 24 | <counter>`, as decimal text), reads are
+//! linearizable, every request has a timeout and nothing is retried. The outcome of each operation is
+//! classified:
+//! - **ok**: a definite answer, recorded with what it observed: 200; 404 for a read or a delete (the key did
+//!   not exist); 412 for a conditional write (its condition did not hold, and `current_index` names the
+//!   key's modify index, or null if absent);
+//! - **failed**: an answer that guarantees nothing was applied and observed nothing (400/404/405/413, 503
+//!   `no_leader`, `not_leader`, `busy`, `not_committed`, a refused connection), or a read without an answer;
+//! - **indeterminate**: anything else from a write (timeout, 504, 503 `leader_changed`, a reset connection):
+//!   it may or may not have happened. The client then continues under a new process id, as Jepsen does.
+//!
+//! Modify indexes: every ok write and read records the index its answer named (`{"index": N}`,
+//! `X-Raft-Index` or `ETag`) in [`Record::index`], so the analysis can map indexes to values. A CAS
+//! (`If-Match`) names the highest index any client has seen for the key so far together with the value
+//! written at that index ([`Run`] keeps that knowledge); if nothing is known about the key yet, a read is
+//! made instead. An index enters the knowledge only from an ok answer.
 //!
 //! All loops are bounded by the run's duration and an operation count.
 
 use super::linearizable::{Op, Operation};
 use crate::http_client::{encode_query_value, HttpClient, HttpResponse};
 use crate::raft::Rng;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -28,18 +37,103 @@ pub enum Outcome {
     Indeterminate,
 }
 
+/// Which routes the clients use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mix {
+    /// The seed routes only: `/set` and `/get` (the original workload).
+    Seed,
+    /// The REST routes only: `PUT` (plain, `If-Match`, `If-None-Match: *`), `DELETE` (plain and
+    /// `If-Match`), `GET /v1/kv/{key}`.
+    Rest,
+    /// Both: the seed routes (with `/delete`) beside the REST routes.
+    All,
+}
+
+impl std::str::FromStr for Mix {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Mix, String> {
+        match s {
+            "seed" => Ok(Mix::Seed),
+            "rest" => Ok(Mix::Rest),
+            "all" => Ok(Mix::All),
+            _ => Err(format!("unknown mix {s:?}: seed, rest or all")),
+        }
+    }
+}
+
+/// The kind of request an operation made.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Kind {
+    /// `/set?key=&value=`.
+    SeedSet,
+    /// `/get?key=`.
+    SeedGet,
+    /// `/delete?key=`.
+    SeedDelete,
+    /// `PUT /v1/kv/{key}`.
+    Put,
+    /// `GET /v1/kv/{key}`.
+    Get,
+    /// `PUT /v1/kv/{key}` with `If-Match`.
+    Cas,
+    /// `PUT /v1/kv/{key}` with `If-None-Match: *`.
+    Create,
+    /// `DELETE /v1/kv/{key}`.
+    Delete,
+    /// `DELETE /v1/kv/{key}` with `If-Match`.
+    CasDelete,
+    /// The reads of every key on every node after the faults.
+    FinalRead,
+}
+
+impl Kind {
+    pub fn label(self) -> &'static str {
+        match self {
+            Kind::SeedSet => "/set",
+            Kind::SeedGet => "/get",
+            Kind::SeedDelete => "/delete",
+            Kind::Put => "PUT",
+            Kind::Get => "GET",
+            Kind::Cas => "PUT If-Match",
+            Kind::Create => "PUT If-None-Match",
+            Kind::Delete => "DELETE",
+            Kind::CasDelete => "DELETE If-Match",
+            Kind::FinalRead => "final GET",
+        }
+    }
+
+    fn is_write(self) -> bool {
+        !matches!(self, Kind::SeedGet | Kind::Get | Kind::FinalRead)
+    }
+}
+
+/// What an answer said about the key's modify index.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IndexSeen {
+    /// Nothing (no answer, or an answer without an index).
+    Unknown,
+    /// The index a successful write took effect at, a read's `ETag`, or a 412's `current_index`.
+    At(u64),
+    /// A 412 whose `current_index` was null: the key did not exist.
+    Absent,
+}
+
 /// One recorded operation.
 #[derive(Debug, Clone)]
 pub struct Record {
     pub process: u64,
     pub node: usize,
     pub key: String,
+    pub kind: Kind,
+    /// The operation with what its answer observed (meaningless unless the outcome is ok).
     pub op: Op,
     pub outcome: Outcome,
     /// Nanoseconds since the run started.
     pub invoke: u64,
     pub complete: u64,
-    /// Status code or error text, for reports.
+    pub index: IndexSeen,
+    /// Status code or error text (and the `If-Match` index sent), for reports.
     pub detail: String,
 }
 
@@ -49,11 +143,15 @@ pub struct WorkloadConfig {
     pub nodes: Vec<SocketAddr>,
     pub clients: usize,
     pub keys: usize,
+    /// Keys are `<key_prefix><n>` for n in `0..keys`. The checker assumes every key starts absent, so a run
+    /// against a cluster that already holds data needs a prefix no earlier run used.
+    pub key_prefix: String,
     pub duration: Duration,
     /// Per-request timeout (a request over it is indeterminate).
     pub timeout: Duration,
-    /// Percentage of operations that are writes.
+    /// Percentage of operations that are writes (deletes and conditional writes included).
     pub write_percent: u64,
+    pub mix: Mix,
     pub seed: u64,
     /// Hard cap on operations per client.
     pub max_ops_per_client: u64,
@@ -65,21 +163,25 @@ impl Default for WorkloadConfig {
             nodes: Vec::new(),
             clients: 8,
             keys: 32,
+            key_prefix: "k".into(),
             duration: Duration::from_secs(10),
             timeout: Duration::from_secs(2),
             write_percent: 50,
+            mix: Mix::All,
             seed: 1,
             max_ops_per_client: 100_000,
         }
     }
 }
 
-/// Shared state of a run: the history and a stop flag.
+/// Shared state of a run: the history, a stop flag, and what the clients know of each key.
 pub struct Run {
     pub start: Instant,
     pub records: Mutex<Vec<Record>>,
     pub stop: AtomicBool,
     next_process: AtomicU64,
+    /// Key -> (highest modify index seen in an ok answer, the value written at that index).
+    known: Mutex<HashMap<String, (u64, u64)>>,
 }
 
 impl Run {
@@ -89,6 +191,7 @@ impl Run {
             records: Mutex::new(Vec::new()),
             stop: AtomicBool::new(false),
             next_process: AtomicU64::new(0),
+            known: Mutex::new(HashMap::new()),
         })
     }
 
@@ -106,9 +209,23 @@ impl Run {
             .unwrap_or_else(|e| e.into_inner())
             .push(r);
     }
+
+    fn known(&self, key: &str) -> Option<(u64, u64)> {
+        let known = self.known.lock().unwrap_or_else(|e| e.into_inner());
+        known.get(key).copied()
+    }
+
+    /// Remembers that `value` was written at `index` if that is the newest index seen for `key`.
+    fn learn(&self, key: &str, index: u64, value: u64) {
+        let mut known = self.known.lock().unwrap_or_else(|e| e.into_inner());
+        let e = known.entry(key.to_string()).or_insert((index, value));
+        if index > e.0 {
+            *e = (index, value);
+        }
+    }
 }
 
-/// Classifies an HTTP answer to a write.
+/// Classifies an HTTP answer to a write that is not one of the definite outcomes the caller handles itself.
 fn write_outcome(r: &std::io::Result<HttpResponse>) -> (Outcome, String) {
     match r {
         Ok(resp) if resp.status == 200 => (Outcome::Ok, "200".into()),
@@ -133,6 +250,239 @@ fn write_outcome(r: &std::io::Result<HttpResponse>) -> (Outcome, String) {
     }
 }
 
+/// `ETag: "N"` or `X-Raft-Index: N`, as the index a value was written at.
+fn header_index(resp: &HttpResponse, name: &str) -> IndexSeen {
+    resp.header(name)
+        .and_then(|v| v.trim().trim_matches('"').parse::<u64>().ok())
+        .map_or(IndexSeen::Unknown, IndexSeen::At)
+}
+
+fn json(resp: &HttpResponse) -> serde_json::Value {
+    serde_json::from_slice(&resp.body).unwrap_or(serde_json::Value::Null)
+}
+
+fn has_code(resp: &HttpResponse, code: &str) -> bool {
+    json(resp)["error"]["code"] == code
+}
+
+/// What a write's answer amounts to.
+enum WriteReply {
+    /// 200, with the index it named.
+    Done(IndexSeen),
+    /// 412 `precondition_failed`, with `current_index`.
+    ConditionFailed(IndexSeen),
+    /// 404 `not_found` (a delete of an absent key).
+    NotFound,
+    /// Anything else, classified by [`write_outcome`].
+    Other(Outcome, String),
+}
+
+fn write_reply(r: &std::io::Result<HttpResponse>) -> WriteReply {
+    match r {
+        Ok(resp) if resp.status == 200 => {
+            let index = match json(resp)["index"].as_u64() {
+                Some(i) => IndexSeen::At(i),
+                None => header_index(resp, "x-raft-index"),
+            };
+            WriteReply::Done(index)
+        }
+        Ok(resp) if resp.status == 412 && has_code(resp, "precondition_failed") => {
+            let current = match &json(resp)["error"]["current_index"] {
+                serde_json::Value::Null => IndexSeen::Absent,
+                v => v.as_u64().map_or(IndexSeen::Unknown, IndexSeen::At),
+            };
+            WriteReply::ConditionFailed(current)
+        }
+        Ok(resp) if resp.status == 404 && has_code(resp, "not_found") => WriteReply::NotFound,
+        _ => {
+            let (outcome, detail) = write_outcome(r);
+            WriteReply::Other(outcome, detail)
+        }
+    }
+}
+
+/// A read's answer: the op (value or absent), outcome, index seen and detail.
+fn read_reply(r: std::io::Result<HttpResponse>) -> (Op, Outcome, IndexSeen, String) {
+    match r {
+        Ok(resp) if resp.status == 200 => match resp.text().parse::<u64>() {
+            Ok(v) => (
+                Op::Read(Some(v)),
+                Outcome::Ok,
+                header_index(&resp, "etag"),
+                "200".into(),
+            ),
+            Err(_) => (
+                Op::Read(None),
+                Outcome::Failed,
+                IndexSeen::Unknown,
+                format!("unparsable value {:?}", resp.text()),
+            ),
+        },
+        Ok(resp) if resp.status == 404 && has_code(&resp, "not_found") => (
+            Op::Read(None),
+            Outcome::Ok,
+            IndexSeen::Unknown,
+            "404".into(),
+        ),
+        Ok(resp) => (
+            Op::Read(None),
+            Outcome::Failed,
+            IndexSeen::Unknown,
+            format!("{} {}", resp.status, resp.text().trim()),
+        ),
+        Err(e) => (
+            Op::Read(None),
+            Outcome::Failed,
+            IndexSeen::Unknown,
+            format!("io: {e}"),
+        ),
+    }
+}
+
+fn rest_path(key: &str) -> String {
+    format!("/v1/kv/{}", encode_query_value(key.as_bytes()))
+}
+
+fn seed_path(route: &str, key: &str) -> String {
+    format!("/{route}?key={}", encode_query_value(key.as_bytes()))
+}
+
+/// Draws the kind of the next operation (before a CAS falls back to a read for lack of an index).
+fn pick(rng: &mut Rng, mix: Mix, write_percent: u64) -> Kind {
+    let write = rng.below(100) < write_percent;
+    let r = rng.below(100);
+    match (mix, write) {
+        (Mix::Seed, true) => Kind::SeedSet,
+        (Mix::Seed, false) => Kind::SeedGet,
+        (Mix::Rest, false) => Kind::Get,
+        (Mix::All, false) if r < 50 => Kind::SeedGet,
+        (Mix::All, false) => Kind::Get,
+        // Writes: plain writes keep values coming, CASes are the point, deletes and create-only writes keep
+        // the key going between absent and present.
+        (Mix::Rest, true) => match r {
+            0..=24 => Kind::Put,
+            25..=59 => Kind::Cas,
+            60..=74 => Kind::Create,
+            75..=89 => Kind::Delete,
+            _ => Kind::CasDelete,
+        },
+        (Mix::All, true) => match r {
+            0..=11 => Kind::SeedSet,
+            12..=16 => Kind::SeedDelete,
+            17..=29 => Kind::Put,
+            30..=64 => Kind::Cas,
+            65..=79 => Kind::Create,
+            80..=89 => Kind::Delete,
+            _ => Kind::CasDelete,
+        },
+    }
+}
+
+/// Sends one request of `kind` and turns the answer into a record (times and process filled by the
+/// caller). `value` is the unique value a write writes; `expect` the (index, value) a CAS matches.
+fn perform(
+    http: &mut HttpClient,
+    kind: Kind,
+    key: &str,
+    value: u64,
+    expect: Option<(u64, u64)>,
+) -> (Op, Outcome, IndexSeen, String) {
+    let if_match = expect
+        .filter(|_| matches!(kind, Kind::Cas | Kind::CasDelete))
+        .map(|(i, _)| format!("\"{i}\""));
+    let expect_value = expect.map_or(0, |(_, v)| v);
+    let body = value.to_string();
+    let (request, op) = match kind {
+        Kind::SeedGet | Kind::FinalRead => return read_reply(http.get(&seed_path("get", key))),
+        Kind::Get => return read_reply(http.get(&rest_path(key))),
+        Kind::SeedSet => {
+            let path = format!("{}&value={value}", seed_path("set", key));
+            (http.get(&path), Op::Write(value))
+        }
+        Kind::SeedDelete => (
+            http.get(&seed_path("delete", key)),
+            Op::Delete { existed: None },
+        ),
+        Kind::Put => (
+            http.request("PUT", &rest_path(key), &[], body.as_bytes()),
+            Op::Write(value),
+        ),
+        Kind::Cas | Kind::CasDelete => {
+            let header = [("If-Match", if_match.as_deref().unwrap_or("\"0\""))];
+            let (r, new) = if kind == Kind::Cas {
+                let r = http.request("PUT", &rest_path(key), &header, body.as_bytes());
+                (r, Some(value))
+            } else {
+                (http.request("DELETE", &rest_path(key), &header, &[]), None)
+            };
+            let op = Op::Cas {
+                expect: expect_value,
+                new,
+                ok: true,
+            };
+            (r, op)
+        }
+        Kind::Create => (
+            http.request(
+                "PUT",
+                &rest_path(key),
+                &[("If-None-Match", "*")],
+                body.as_bytes(),
+            ),
+            Op::Create {
+                new: value,
+                ok: true,
+            },
+        ),
+        Kind::Delete => (
+            http.request("DELETE", &rest_path(key), &[], &[]),
+            Op::Delete { existed: None },
+        ),
+    };
+    let sent = if_match.map_or(String::new(), |m| format!(" (If-Match {m})"));
+    let conditional = matches!(kind, Kind::Cas | Kind::CasDelete | Kind::Create);
+    let deletes = matches!(kind, Kind::Delete | Kind::SeedDelete);
+    match write_reply(&request) {
+        WriteReply::Done(index) => {
+            let op = match op {
+                Op::Delete { .. } => Op::Delete {
+                    existed: Some(true),
+                },
+                op => op,
+            };
+            (op, Outcome::Ok, index, format!("200{sent}"))
+        }
+        WriteReply::ConditionFailed(current) if conditional => {
+            let op = match op {
+                Op::Cas { expect, new, .. } => Op::Cas {
+                    expect,
+                    new,
+                    ok: false,
+                },
+                Op::Create { new, .. } => Op::Create { new, ok: false },
+                op => op,
+            };
+            (op, Outcome::Ok, current, format!("412{sent}"))
+        }
+        WriteReply::NotFound if deletes => (
+            Op::Delete {
+                existed: Some(false),
+            },
+            Outcome::Ok,
+            IndexSeen::Unknown,
+            "404".into(),
+        ),
+        WriteReply::ConditionFailed(_) | WriteReply::NotFound => {
+            // An answer this kind of request should never get: treated as any other unexpected answer.
+            let (outcome, detail) = write_outcome(&request);
+            (op, outcome, IndexSeen::Unknown, format!("{detail}{sent}"))
+        }
+        WriteReply::Other(outcome, detail) => {
+            (op, outcome, IndexSeen::Unknown, format!("{detail}{sent}"))
+        }
+    }
+}
+
 /// Runs one client until the run stops. Returns the number of operations done.
 pub fn client(run: Arc<Run>, cfg: Arc<WorkloadConfig>, index: usize) -> u64 {
     let mut rng = Rng::new(cfg.seed.wrapping_mul(1_000_003) ^ index as u64);
@@ -151,52 +501,42 @@ pub fn client(run: Arc<Run>, cfg: Arc<WorkloadConfig>, index: usize) -> u64 {
     {
         done += 1;
         let node = rng.below(cfg.nodes.len() as u64) as usize;
-        let key = format!("k{}", rng.below(cfg.keys as u64));
-        let is_write = rng.below(100) < cfg.write_percent;
-        let invoke = run.now();
-        let (op, outcome, detail) = if is_write {
+        let key = format!("{}{}", cfg.key_prefix, rng.below(cfg.keys as u64));
+        let mut kind = pick(&mut rng, cfg.mix, cfg.write_percent);
+        let expect = run.known(&key);
+        if matches!(kind, Kind::Cas | Kind::CasDelete) && expect.is_none() {
+            kind = Kind::Get;
+        }
+        if kind.is_write() {
             counter += 1;
-            // Unique across the run: process ids never repeat.
-            let value = (process << 24) | counter;
-            let path = format!(
-                "/set?key={}&value={}",
-                encode_query_value(key.as_bytes()),
-                value
-            );
-            let r = clients[node].get(&path);
-            let (outcome, detail) = write_outcome(&r);
-            (Op::Write(value), outcome, detail)
-        } else {
-            let path = format!("/get?key={}", encode_query_value(key.as_bytes()));
-            match clients[node].get(&path) {
-                Ok(resp) if resp.status == 200 => match resp.text().parse::<u64>() {
-                    Ok(v) => (Op::Read(Some(v)), Outcome::Ok, "200".into()),
-                    Err(_) => (
-                        Op::Read(None),
-                        Outcome::Failed,
-                        format!("unparsable value {:?}", resp.text()),
-                    ),
-                },
-                Ok(resp) if resp.status == 404 && resp.text().contains("not_found") => {
-                    (Op::Read(None), Outcome::Ok, "404".into())
-                }
-                Ok(resp) => (
-                    Op::Read(None),
-                    Outcome::Failed,
-                    format!("{} {}", resp.status, resp.text().trim()),
-                ),
-                Err(e) => (Op::Read(None), Outcome::Failed, format!("io: {e}")),
-            }
-        };
+        }
+        // Unique across the run: process ids never repeat.
+        let value = (process << 24) | counter;
+        let invoke = run.now();
+        let (op, outcome, seen, detail) = perform(&mut clients[node], kind, &key, value, expect);
         let complete = run.now();
+        if outcome == Outcome::Ok {
+            let observed = match op {
+                Op::Read(v) => v,
+                Op::Write(_) | Op::Cas { ok: true, .. } | Op::Create { ok: true, .. } => {
+                    op.written()
+                }
+                _ => None,
+            };
+            if let (Some(v), IndexSeen::At(i)) = (observed, seen) {
+                run.learn(&key, i, v);
+            }
+        }
         run.record(Record {
             process,
             node,
             key,
+            kind,
             op,
             outcome,
             invoke,
             complete,
+            index: seen,
             detail,
         });
         if outcome == Outcome::Indeterminate {
@@ -207,18 +547,23 @@ pub fn client(run: Arc<Run>, cfg: Arc<WorkloadConfig>, index: usize) -> u64 {
 }
 
 /// Per-key histories ready for the checker: definite failures and failed reads dropped, indeterminate
-/// writes given an unknown completion.
-pub fn histories(records: &[Record]) -> BTreeMap<String, Vec<(Operation, usize)>> {
+/// writes given an unknown completion. `ops` replaces each record's operation (the analysis sharpens
+/// some with what their answers observed); records mapped to `None` are left out.
+pub fn histories(
+    records: &[Record],
+    ops: &[Option<Op>],
+) -> BTreeMap<String, Vec<(Operation, usize)>> {
     let mut out: BTreeMap<String, Vec<(Operation, usize)>> = BTreeMap::new();
     for (i, r) in records.iter().enumerate() {
-        let complete = match (r.outcome, &r.op) {
+        let Some(op) = &ops[i] else { continue };
+        let complete = match (r.outcome, op) {
             (Outcome::Ok, _) => Some(r.complete),
-            (Outcome::Indeterminate, Op::Write(_) | Op::Delete) => None,
+            (Outcome::Indeterminate, op) if !matches!(op, Op::Read(_)) => None,
             _ => continue,
         };
         out.entry(r.key.clone()).or_default().push((
             Operation {
-                op: r.op.clone(),
+                op: op.clone(),
                 invoke: r.invoke,
                 complete,
             },
@@ -242,7 +587,8 @@ pub fn spawn_clients(
 }
 
 /// After the faults: reads every key on every node (retrying until `timeout`) and records the reads under
-/// [`super::FINAL_READ_PROCESS`]. Fails if some node never answers.
+/// [`super::FINAL_READ_PROCESS`]. They go through `/get` for the seed mix and `GET /v1/kv/{key}` otherwise;
+/// both name the modify index. Fails if some node never answers.
 pub fn final_reads(run: &Run, cfg: &WorkloadConfig, timeout: Duration) -> Result<(), String> {
     let deadline = Instant::now() + timeout;
     let mut clients: Vec<HttpClient> = cfg
@@ -251,29 +597,26 @@ pub fn final_reads(run: &Run, cfg: &WorkloadConfig, timeout: Duration) -> Result
         .map(|&a| HttpClient::new(a, cfg.timeout))
         .collect();
     for k in 0..cfg.keys {
-        let key = format!("k{k}");
+        let key = format!("{}{k}", cfg.key_prefix);
+        let path = match cfg.mix {
+            Mix::Seed => seed_path("get", &key),
+            Mix::Rest | Mix::All => rest_path(&key),
+        };
         for (node, client) in clients.iter_mut().enumerate() {
             loop {
                 let invoke = run.now();
-                let path = format!("/get?key={}", encode_query_value(key.as_bytes()));
-                let op = match client.get(&path) {
-                    Ok(r) if r.status == 200 => {
-                        r.text().parse::<u64>().ok().map(|v| Op::Read(Some(v)))
-                    }
-                    Ok(r) if r.status == 404 && r.text().contains("not_found") => {
-                        Some(Op::Read(None))
-                    }
-                    _ => None,
-                };
-                if let Some(op) = op {
+                let (op, outcome, index, _) = read_reply(client.get(&path));
+                if outcome == Outcome::Ok {
                     run.record(Record {
                         process: super::FINAL_READ_PROCESS,
                         node,
                         key: key.clone(),
+                        kind: Kind::FinalRead,
                         op,
-                        outcome: Outcome::Ok,
+                        outcome,
                         invoke,
                         complete: run.now(),
+                        index,
                         detail: "final read".into(),
                     });
                     break;
