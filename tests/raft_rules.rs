@@ -501,3 +501,29 @@ fn a_restarted_follower_keeps_the_leases_promise() {
     }
     assert!(sim.raft(2).is_leader() || sim.raft(3).is_leader());
 }
+
+/// Paper §7: a follower that needs entries the leader compacted away receives the leader's snapshot, then
+/// the log after it, and ends identical; the others never need one.
+#[test]
+fn a_follower_behind_the_compacted_log_gets_the_snapshot() {
+    let mut sim = Sim::new(3, 11, |_| {});
+    sim.snapshots = Some(sim::SnapshotPolicy { every: 10, keep: 2 });
+    sim.run(100);
+    let leader = sim.leader().unwrap();
+    let lagging = (1..=3).find(|&i| i != leader).unwrap();
+    sim.crash(lagging);
+    for k in 0..50 {
+        sim.propose(leader, format!("w{k}").into_bytes());
+        sim.run(1);
+    }
+    sim.run(20);
+    assert!(
+        sim.raft(leader).log().first_index() > 10,
+        "the leader compacted"
+    );
+    assert_eq!(sim.stats.snapshots_installed, 0);
+    sim.restart(lagging);
+    sim.run(100);
+    assert_eq!(sim.stats.snapshots_installed, 1, "exactly one transfer");
+    sim.check_converged().unwrap();
+}

@@ -481,6 +481,9 @@ fn fmt_msg(m: &Message) -> String {
         MessageBody::HeartbeatResponse { read_seq } => {
             format!("HeartbeatResponse read_seq={read_seq}")
         }
+        MessageBody::InstallSnapshot { index, last_term } => {
+            format!("InstallSnapshot {index}/t{last_term}")
+        }
         MessageBody::Propose {
             request_id,
             commands,

@@ -37,6 +37,15 @@ fn run_seed(seed: u64) -> sim::Stats {
         dup_per_mille: rng.below(100),
         max_delay: rng.below(4),
     };
+    // Two seeds in three snapshot and compact their logs (drawn from their own generator, so the rest of
+    // a seed's schedule is the same either way).
+    let mut snap_rng = Rng::new(seed ^ 0x5A4B);
+    if !snap_rng.chance(1, 3) {
+        sim.snapshots = Some(sim::SnapshotPolicy {
+            every: 5 + snap_rng.below(40),
+            keep: snap_rng.below(8),
+        });
+    }
     let ids = sim.ids();
     let mut payload = 0u64;
     // Phase 1: faults.
@@ -112,8 +121,9 @@ fn run_seed(seed: u64) -> sim::Stats {
         }
     }
     if !converged {
+        let progress = sim.leader().map(|l| sim.raft(l).progress());
         panic!(
-            "liveness: not converged 600 ticks after faults stopped: {} (seed {seed})",
+            "liveness: not converged 600 ticks after faults stopped: {} (leader's progress {progress:?}) (seed {seed})",
             sim.check_converged().unwrap_err()
         );
     }
@@ -141,6 +151,8 @@ fn simulated_clusters_keep_raft_properties() {
             total.writes_acked += s.writes_acked;
             total.reads_ok += s.reads_ok;
             total.lease_reads += s.lease_reads;
+            total.snapshots += s.snapshots;
+            total.snapshots_installed += s.snapshots_installed;
         }
         if let Err(e) = result {
             let msg = e
@@ -167,5 +179,9 @@ fn simulated_clusters_keep_raft_properties() {
     assert!(
         total.lease_reads > count * 5,
         "too few reads served from a lease: {total:?}"
+    );
+    assert!(
+        total.snapshots_installed > count / 2,
+        "too few snapshots installed: {total:?}"
     );
 }

@@ -151,6 +151,7 @@ fn handshake(cluster: &str, id: u64) -> Vec<u8> {
     p.extend_from_slice(cluster.as_bytes());
     p.extend_from_slice(&id.to_le_bytes());
     p.extend_from_slice(&0u32.to_le_bytes()); // no HTTP address
+    p.push(0); // a message connection
     frame(&p)
 }
 

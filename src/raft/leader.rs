@@ -5,7 +5,7 @@
 use super::message::*;
 use super::node::{Raft, ReadState, RequestError, RoleState};
 use super::progress::{Progress, ProgressState};
-use log::{debug, info, warn};
+use log::{debug, info};
 use std::collections::{BTreeMap, VecDeque};
 
 /// A read waiting for its read-index round (thesis §6.4).
@@ -81,7 +81,23 @@ impl Raft {
         self.leader_state().append_needed = true;
         // A single-voter cluster commits as soon as the no-op is durable (see `advance`).
     }
+}
 
+impl LeaderState {
+    pub(super) fn progress_mut(&mut self, peer: NodeId) -> Option<&mut Progress> {
+        self.progress.get_mut(&peer)
+    }
+
+    /// The indexes of the snapshots being sent to followers.
+    pub(super) fn snapshots_in_flight(&self) -> impl Iterator<Item = Index> + '_ {
+        self.progress.values().filter_map(|p| match p.state {
+            ProgressState::Snapshot(at) => Some(at),
+            _ => None,
+        })
+    }
+}
+
+impl Raft {
     fn leader_state(&mut self) -> &mut LeaderState {
         match &mut self.role {
             RoleState::Leader(ls) => ls,
@@ -286,6 +302,7 @@ impl Raft {
             self.cfg.max_bytes_per_msg,
             self.cfg.max_inflight,
         );
+        let snapshot = self.snapshot;
         let RoleState::Leader(ls) = &mut self.role else {
             return;
         };
@@ -300,15 +317,21 @@ impl Raft {
             self.log.term(prev_index),
             self.log.slice(pr.next, max_n, max_b),
         ) else {
-            // The entries it needs were compacted: it needs a snapshot (InstallSnapshot arrives with the
-            // snapshot issue; until then logs are never compacted, so this cannot happen).
-            warn!(
-                "[n{} t{}] n{to} needs entries before {}: snapshot transfer not implemented",
-                self.id,
-                self.term,
-                self.log.first_index()
+            // Paper §7: the entries it needs were compacted away; it must take our snapshot, which covers
+            // at least everything compacted.
+            info!(
+                "[n{} t{}] n{to} needs entries from {}, compacted: sending the snapshot at {}/t{}",
+                self.id, self.term, pr.next, snapshot.index, snapshot.term
             );
-            pr.become_snapshot(self.log.snapshot_index());
+            pr.become_snapshot(snapshot.index);
+            self.send(
+                to,
+                self.term,
+                MessageBody::InstallSnapshot {
+                    index: snapshot.index,
+                    last_term: snapshot.term,
+                },
+            );
             return;
         };
         if entries.is_empty() && pr.state == ProgressState::Replicate && !even_empty {
@@ -412,6 +435,13 @@ impl Raft {
         }
         self.confirm_reads();
         match tail_check {
+            Some(prev_index) if self.log.term(prev_index).is_none() => {
+                // The entries it may have lost were compacted meanwhile: probe, which sends the snapshot.
+                if let Some(pr) = self.leader_state().progress.get_mut(&from) {
+                    pr.become_probe();
+                }
+                self.send_append(from, false);
+            }
             Some(prev_index) => {
                 if let Some(prev_term) = self.log.term(prev_index) {
                     let commit = self.log.committed();

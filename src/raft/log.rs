@@ -303,6 +303,25 @@ impl RaftLog {
         self.apply_handed = self.apply_handed.max(self.applied);
     }
 
+    /// Replaces the whole log by a snapshot's position (paper §7: "discard the entire log"): nothing held,
+    /// everything up to `index` committed and applied (by installing the snapshot). Only for a snapshot
+    /// beyond the commit index; one at or below it is never installed.
+    pub fn restore(&mut self, index: Index, term: Term) {
+        assert!(
+            index > self.committed,
+            "restoring a snapshot at {index}, not beyond commit {}",
+            self.committed
+        );
+        self.entries.clear();
+        self.snapshot_index = index;
+        self.snapshot_term = term;
+        self.committed = index;
+        self.applied = index;
+        self.stable = index;
+        self.unstable_from = index + 1;
+        self.apply_handed = index;
+    }
+
     /// Drops entries at or below `index` (they are covered by a snapshot). Only applied entries may be dropped.
     pub fn compact_to(&mut self, index: Index) {
         if index <= self.snapshot_index {

@@ -54,6 +54,14 @@ pub struct HardState {
     pub commit: Index,
 }
 
+/// Where a snapshot of the state machine stands in the log: it reflects every entry up to `index`, whose
+/// term is `term`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SnapshotMeta {
+    pub index: Index,
+    pub term: Term,
+}
+
 /// A protocol message between two nodes.
 ///
 /// `term` is the sender's current term, except for the pre-vote messages (the term the sender *would*
@@ -122,6 +130,15 @@ pub enum MessageBody {
     HeartbeatResponse {
         read_seq: u64,
     },
+    /// InstallSnapshot (paper §7): the follower needs entries the leader compacted away, so it must take
+    /// the leader's snapshot covering everything up to `index` (whose entry has term `last_term`). The
+    /// message is metadata only: the driver streams the snapshot's bytes beside it and steps this message
+    /// into the follower's core once the whole snapshot arrived and verified. Answered with an
+    /// [`MessageBody::AppendResponse`] matching `index`.
+    InstallSnapshot {
+        index: Index,
+        last_term: Term,
+    },
     /// A follower forwards a batch of client commands to the leader. Term-less (sent with term 0).
     Propose {
         request_id: u64,
@@ -166,6 +183,7 @@ impl MessageBody {
             MessageBody::AppendResponse { .. } => "AppendResponse",
             MessageBody::Heartbeat { .. } => "Heartbeat",
             MessageBody::HeartbeatResponse { .. } => "HeartbeatResponse",
+            MessageBody::InstallSnapshot { .. } => "InstallSnapshot",
             MessageBody::Propose { .. } => "Propose",
             MessageBody::ProposeResponse { .. } => "ProposeResponse",
             MessageBody::ReadIndex { .. } => "ReadIndex",

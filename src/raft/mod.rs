@@ -70,6 +70,7 @@ mod message;
 mod node;
 mod progress;
 mod rng;
+mod snapshot;
 
 pub use self::log::RaftLog;
 pub use message::*;

@@ -175,11 +175,16 @@ pub struct Ready {
     pub proposed: Vec<Proposed>,
     /// Confirmed (or failed) read indexes.
     pub reads: Vec<ReadState>,
+    /// A snapshot from the leader that replaces this node's log and state machine: install it (the state
+    /// machine becomes the snapshot's; storage restarts after it, keeping the hard state) before
+    /// persisting `entries` and before sending `messages`.
+    pub snapshot: Option<SnapshotMeta>,
 }
 
 impl Ready {
     pub fn is_empty(&self) -> bool {
         self.hard_state.is_none()
+            && self.snapshot.is_none()
             && self.entries.is_empty()
             && self.messages.is_empty()
             && self.committed.is_empty()
@@ -220,6 +225,10 @@ pub struct Raft {
     leader_contact: u64,
     /// Started with a term above 0: this node may have served a leader before it went down.
     restarted: bool,
+    /// The newest snapshot the driver holds (what a leader sends to followers behind its log).
+    pub(super) snapshot: SnapshotMeta,
+    /// A snapshot accepted from the leader, to hand out in the next `Ready`.
+    pub(super) pending_snapshot: Option<SnapshotMeta>,
     pub(super) rng: Rng,
     pub(super) msgs: Vec<Message>,
     pub(super) proposed: Vec<Proposed>,
@@ -260,6 +269,11 @@ impl Raft {
             ticks: 0,
             leader_contact: 0,
             restarted: hs.term > 0,
+            snapshot: SnapshotMeta {
+                index: init.snapshot_index,
+                term: init.snapshot_term,
+            },
+            pending_snapshot: None,
             rng: Rng::new(seed),
             msgs: Vec::new(),
             proposed: Vec::new(),
@@ -473,6 +487,12 @@ impl Raft {
             }
             MessageBody::HeartbeatResponse { read_seq } => {
                 self.handle_heartbeat_response(m.from, read_seq)
+            }
+            MessageBody::InstallSnapshot { index, last_term } => {
+                if self.become_follower_of(m.from) {
+                    self.election_elapsed = 0;
+                    self.handle_install_snapshot(m.from, index, last_term);
+                }
             }
             MessageBody::Propose { .. }
             | MessageBody::ProposeResponse { .. }
@@ -943,6 +963,7 @@ impl Raft {
             || !self.msgs.is_empty()
             || !self.proposed.is_empty()
             || !self.reads.is_empty()
+            || self.pending_snapshot.is_some()
             || self.log.has_entries_to_apply()
             || self.leader_has_pending_flush()
     }
@@ -961,6 +982,7 @@ impl Raft {
             hs.term != self.last_hard_state.term || hs.vote != self.last_hard_state.vote;
         let hard_state = (hs != self.last_hard_state).then_some(hs);
         self.last_hard_state = hs;
+        let snapshot = self.pending_snapshot.take();
         let committed = self.log.entries_to_apply(self.cfg.max_apply_bytes);
         let applied = committed.last().map(|e| e.index).unwrap_or(0);
         self.log.handed_to(applied);
@@ -970,7 +992,8 @@ impl Raft {
         });
         Ready {
             hard_state,
-            must_sync: term_or_vote_changed || !entries.is_empty(),
+            must_sync: term_or_vote_changed || !entries.is_empty() || snapshot.is_some(),
+            snapshot,
             entries,
             messages: std::mem::take(&mut self.msgs),
             committed,

@@ -103,6 +103,11 @@ pub fn encode_into(w: &mut Writer, m: &Message) {
             w.u8(8);
             w.u64(*read_seq);
         }
+        MessageBody::InstallSnapshot { index, last_term } => {
+            w.u8(13);
+            w.u64(*index);
+            w.u64(*last_term);
+        }
         MessageBody::Propose {
             request_id,
             commands,
@@ -200,6 +205,10 @@ pub fn decode_message(buf: &[u8]) -> Result<Message, DecodeError> {
             read_seq: r.u64()?,
         },
         8 => MessageBody::HeartbeatResponse { read_seq: r.u64()? },
+        13 => MessageBody::InstallSnapshot {
+            index: r.u64()?,
+            last_term: r.u64()?,
+        },
         9 => {
             let request_id = r.u64()?;
             let n = r.count(4)?;
@@ -294,6 +303,10 @@ mod tests {
                 read_seq: 8,
             },
             MessageBody::HeartbeatResponse { read_seq: 8 },
+            MessageBody::InstallSnapshot {
+                index: 40,
+                last_term: 3,
+            },
             MessageBody::Propose {
                 request_id: 77,
                 commands: vec![b"a".to_vec(), vec![]],

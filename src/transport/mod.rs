@@ -3,7 +3,8 @@
 //! Wire format: every frame is a `u32` little-endian payload length followed by the payload. The first frame
 //! on a connection is the handshake (`NIMB`, protocol version `u16`, cluster name as a byte string of at most
 //! 255 bytes, sender id `u64`, the sender's HTTP address as a byte string of at most 255 bytes, possibly
-//! empty); every later frame is one [`Message`] encoded by [`codec`]. Frames over
+//! empty, and the connection's kind `u8`: 0 for messages, 1 for one snapshot transfer, see [`snapshot`]);
+//! on a message connection every later frame is one [`Message`] encoded by [`codec`]. Frames over
 //! `max_frame_size` (default 64 MiB), undecodable frames, a bad handshake (wrong magic, version or cluster
 //! name; an unknown or zero sender) or a message whose `from`/`to` do not match the connection close that
 //! connection with a warning naming the peer address and the reason.
@@ -20,6 +21,7 @@
 //! - No connection is opened per message.
 
 pub mod codec;
+pub mod snapshot;
 
 use crate::codec::{Reader, Writer};
 use crate::config::connect_addr;
@@ -60,6 +62,10 @@ pub struct TransportConfig {
     /// This node's HTTP address, told to peers in the handshake so followers can name the leader's. An
     /// unspecified IP (`0.0.0.0`) is replaced, on the receiving side, by the IP the connection came from.
     pub advertise_http: Option<SocketAddr>,
+    /// Where snapshots received from the leader are written (`None`: snapshot transfers are refused).
+    pub snapshot_dir: Option<std::path::PathBuf>,
+    /// Largest snapshot accepted from a peer.
+    pub max_snapshot_size: u64,
 }
 
 impl TransportConfig {
@@ -82,6 +88,8 @@ impl TransportConfig {
             backoff_min: Duration::from_millis(20),
             backoff_max: Duration::from_secs(1),
             advertise_http: None,
+            snapshot_dir: None,
+            max_snapshot_size: 64 << 30,
         }
     }
 }
@@ -131,6 +139,7 @@ pub struct Transport {
     threads: Vec<JoinHandle<()>>,
     readers: Arc<Mutex<Vec<JoinHandle<()>>>>,
     peer_http: Arc<Mutex<BTreeMap<NodeId, SocketAddr>>>,
+    shared: Shared,
 }
 
 #[derive(Clone)]
@@ -197,6 +206,7 @@ impl Transport {
             threads,
             readers,
             peer_http,
+            shared,
         })
     }
 
@@ -333,13 +343,18 @@ impl FrameReader {
     }
 }
 
-fn handshake(cluster: &str, id: NodeId, http: Option<SocketAddr>) -> Vec<u8> {
+/// What a connection carries, named in its handshake.
+const KIND_MESSAGES: u8 = 0;
+const KIND_SNAPSHOT: u8 = 1;
+
+fn handshake(cluster: &str, id: NodeId, http: Option<SocketAddr>, kind: u8) -> Vec<u8> {
     let mut w = Writer::new();
     w.buf.extend_from_slice(MAGIC);
     w.buf.extend_from_slice(&PROTOCOL_VERSION.to_le_bytes());
     w.bytes(cluster.as_bytes());
     w.u64(id);
     w.bytes(http.map(|a| a.to_string()).unwrap_or_default().as_bytes());
+    w.u8(kind);
     w.into_inner()
 }
 
@@ -348,7 +363,7 @@ fn handshake(cluster: &str, id: NodeId, http: Option<SocketAddr>) -> Vec<u8> {
 fn check_handshake(
     buf: &[u8],
     cfg: &TransportConfig,
-) -> Result<(NodeId, Option<SocketAddr>), String> {
+) -> Result<(NodeId, Option<SocketAddr>, u8), String> {
     if buf.len() < 6 || &buf[..4] != MAGIC {
         return Err("bad magic: not a nimbus peer".into());
     }
@@ -362,7 +377,11 @@ fn check_handshake(
     let cluster = r.bytes().map_err(|e| e.to_string())?;
     let id = r.u64().map_err(|e| e.to_string())?;
     let http = r.bytes().map_err(|e| e.to_string())?;
+    let kind = r.u8().map_err(|e| e.to_string())?;
     r.finish().map_err(|e| e.to_string())?;
+    if kind != KIND_MESSAGES && kind != KIND_SNAPSHOT {
+        return Err(format!("unknown connection kind {kind}"));
+    }
     if http.len() > MAX_CLUSTER_NAME {
         return Err(format!("HTTP address of {} bytes", http.len()));
     }
@@ -382,7 +401,7 @@ fn check_handshake(
             cfg.node_id
         ));
     }
-    Ok((id, http))
+    Ok((id, http, kind))
 }
 
 // ---- Threads ----
@@ -459,7 +478,7 @@ fn reader(sh: Shared, mut stream: TcpStream, addr: SocketAddr, inbound: Sender<M
         };
         let Some(peer) = from else {
             match check_handshake(buf, cfg) {
-                Ok((id, http)) => {
+                Ok((id, http, kind)) => {
                     debug!("transport: node {id} connected from {addr}");
                     if let Some(mut h) = http {
                         if h.ip().is_unspecified() {
@@ -467,6 +486,10 @@ fn reader(sh: Shared, mut stream: TcpStream, addr: SocketAddr, inbound: Sender<M
                         }
                         let mut map = sh.peer_http.lock().unwrap_or_else(|e| e.into_inner());
                         map.insert(id, h);
+                    }
+                    if kind == KIND_SNAPSHOT {
+                        snapshot::receive(&sh, &mut stream, &mut frames, addr, id, &inbound);
+                        return;
                     }
                     from = Some(id);
                     continue;
@@ -500,7 +523,7 @@ fn reader(sh: Shared, mut stream: TcpStream, addr: SocketAddr, inbound: Sender<M
 /// Owns the one outbound connection to `peer`.
 fn writer(sh: Shared, peer: NodeId, addr: String, rx: Receiver<Message>, stats: Arc<PeerStats>) {
     let cfg = &sh.cfg;
-    let hello = handshake(&cfg.cluster, cfg.node_id, cfg.advertise_http);
+    let hello = handshake(&cfg.cluster, cfg.node_id, cfg.advertise_http, KIND_MESSAGES);
     let mut conn: Option<BufWriter<TcpStream>> = None;
     let mut backoff = cfg.backoff_min;
     let mut unreachable = false;

@@ -4,8 +4,13 @@
 //! partitions, crashes and restarts. Nodes are iterated in id order and messages kept in a queue ordered by
 //! (delivery tick, sequence), so a seed replays exactly.
 //!
-//! A crashed node keeps only what it persisted (its simulated disk: hard state and entries); its state machine
-//! is rebuilt on restart by re-applying committed entries.
+//! A crashed node keeps only what it persisted (its simulated disk: hard state, entries and its newest
+//! snapshot); its state machine is rebuilt on restart from the snapshot and by re-applying committed entries.
+//!
+//! Snapshots (when [`Sim::snapshots`] is set): a node snapshots its state machine every so many applied
+//! entries, then compacts its log and its disk, keeping a tail. A leader's `InstallSnapshot` is answered with
+//! the snapshot of that index (every snapshot at an index has the same content, which is checked); the leader
+//! learns the transfer's end when the message is delivered or lost.
 //!
 //! Properties checked after every delivery and tick (paper Figure 3):
 //! - Election Safety: at most one leader per term.
@@ -31,7 +36,38 @@ pub struct Faults {
 #[derive(Debug, Clone, Default)]
 pub struct Disk {
     pub hard_state: HardState,
+    /// Contiguous entries, after the newest snapshot's compaction point.
     pub entries: Vec<Entry>,
+    pub snapshot: Option<SimSnapshot>,
+}
+
+impl Disk {
+    fn term(&self, index: Index) -> Option<Term> {
+        if let Some(s) = &self.snapshot {
+            if s.meta.index == index {
+                return Some(s.meta.term);
+            }
+        }
+        let first = self.entries.first()?.index;
+        if index < first {
+            return None;
+        }
+        self.entries.get((index - first) as usize).map(|e| e.term)
+    }
+}
+
+/// A snapshot of a simulated state machine: every applied command up to `meta.index`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SimSnapshot {
+    pub meta: SnapshotMeta,
+    pub applied: Vec<(Index, Term, Vec<u8>)>,
+}
+
+/// When nodes snapshot: every `every` applied entries, keeping `keep` entries before the snapshot.
+#[derive(Debug, Clone, Copy)]
+pub struct SnapshotPolicy {
+    pub every: u64,
+    pub keep: u64,
 }
 
 pub struct SimNode {
@@ -87,6 +123,12 @@ pub struct Sim {
     /// Request id -> (node, invoked at, kind write/read, write payload).
     requests: BTreeMap<u64, (NodeId, u64, Option<Vec<u8>>)>,
     pub outcomes: BTreeMap<u64, Outcome>,
+    /// Snapshot and compact the logs (`None`: never).
+    pub snapshots: Option<SnapshotPolicy>,
+    /// Every snapshot taken, by index (all nodes' snapshots at one index must be equal).
+    snapshots_taken: BTreeMap<Index, SimSnapshot>,
+    /// Snapshot transfers that ended, to report to the leader at the next safe point: (leader, peer, ok).
+    snapshot_reports: Vec<(NodeId, NodeId, bool)>,
     /// Logical event counter: request invocations and completions are ordered by it.
     events: u64,
     completed_at: BTreeMap<u64, u64>,
@@ -109,6 +151,8 @@ pub struct Stats {
     pub reads_ok: u64,
     /// Reads answered from a leader's lease.
     pub lease_reads: u64,
+    pub snapshots: u64,
+    pub snapshots_installed: u64,
     /// AppendResponse rejections delivered.
     pub append_rejects: u64,
 }
@@ -140,6 +184,9 @@ impl Sim {
             next_request: 1,
             requests: BTreeMap::new(),
             outcomes: BTreeMap::new(),
+            snapshots: None,
+            snapshots_taken: BTreeMap::new(),
+            snapshot_reports: Vec::new(),
             events: 0,
             completed_at: BTreeMap::new(),
             leaders_by_term: BTreeMap::new(),
@@ -178,18 +225,35 @@ impl Sim {
         let mut cfg = Config::new(id, voters);
         (self.cfg)(&mut cfg);
         let node = self.nodes.get_mut(&id).unwrap();
+        let meta = node
+            .disk
+            .snapshot
+            .as_ref()
+            .map(|s| s.meta)
+            .unwrap_or_default();
         let init = InitialState {
             hard_state: node.disk.hard_state,
-            snapshot_index: 0,
-            snapshot_term: 0,
-            entries: node.disk.entries.clone(),
-            applied: 0,
+            snapshot_index: meta.index,
+            snapshot_term: meta.term,
+            entries: node
+                .disk
+                .entries
+                .iter()
+                .filter(|e| e.index > meta.index)
+                .cloned()
+                .collect(),
+            applied: meta.index,
         };
         node.restarts += 1;
         let node_seed = self.seed ^ (id << 32) ^ node.restarts.wrapping_mul(0x9E37_79B9);
         node.raft = Some(Raft::new(cfg, init, node_seed).expect("valid config"));
-        node.applied.clear();
-        node.applied_index = 0;
+        node.applied = node
+            .disk
+            .snapshot
+            .as_ref()
+            .map(|s| s.applied.clone())
+            .unwrap_or_default();
+        node.applied_index = meta.index;
         node.waiting.clear();
         node.reads_waiting.clear();
     }
@@ -228,6 +292,15 @@ impl Sim {
             self.outcomes
                 .entry(r)
                 .or_insert(Outcome::Failed(RequestError::LeaderChanged));
+        }
+        let lost: Vec<(NodeId, NodeId)> = self
+            .net
+            .iter()
+            .filter(|f| f.msg.to == id && matches!(f.msg.body, MessageBody::InstallSnapshot { .. }))
+            .map(|f| (f.msg.from, id))
+            .collect();
+        for (leader, peer) in lost {
+            self.snapshot_reports.push((leader, peer, false));
         }
         self.net.retain(|f| f.msg.to != id);
     }
@@ -359,7 +432,85 @@ impl Sim {
                 .as_mut()
                 .unwrap()
                 .advance();
+            self.maybe_snapshot(id);
             self.check(id);
+        }
+    }
+
+    /// Takes a snapshot of node `id`'s state machine if the policy says it is time, then compacts.
+    fn maybe_snapshot(&mut self, id: NodeId) {
+        let Some(policy) = self.snapshots else {
+            return;
+        };
+        let node = self.nodes.get_mut(&id).unwrap();
+        let Some(raft) = node.raft.as_mut() else {
+            return;
+        };
+        let index = node.applied_index;
+        let last = node.disk.snapshot.as_ref().map_or(0, |s| s.meta.index);
+        if index < last + policy.every {
+            return;
+        }
+        let term = raft.log().term(index).expect("applied entry held");
+        let snap = SimSnapshot {
+            meta: SnapshotMeta { index, term },
+            applied: node.applied.clone(),
+        };
+        raft.compact(index, policy.keep).expect("compact");
+        let through = index.saturating_sub(policy.keep);
+        node.disk.entries.retain(|e| e.index > through);
+        node.disk.snapshot = Some(snap.clone());
+        match self.snapshots_taken.get(&index) {
+            Some(other) => assert_eq!(
+                other, &snap,
+                "two snapshots at index {index} differ (n{id}, seed {})",
+                self.seed
+            ),
+            None => {
+                self.snapshots_taken.insert(index, snap);
+            }
+        }
+        self.stats.snapshots += 1;
+    }
+
+    /// Node `id` accepted the snapshot at `meta`: its state machine and disk become the snapshot's.
+    fn install_snapshot(&mut self, id: NodeId, meta: SnapshotMeta) {
+        let snap = self
+            .snapshots_taken
+            .get(&meta.index)
+            .cloned()
+            .unwrap_or_else(|| panic!("n{id} installs a snapshot at {} nobody took", meta.index));
+        assert_eq!(
+            snap.meta, meta,
+            "snapshot term differs (seed {})",
+            self.seed
+        );
+        // State Machine Safety for everything the snapshot carries.
+        for (index, term, cmd) in &snap.applied {
+            if let Some((t, c)) = self.applied_global.get(index) {
+                assert!(
+                    t == term && c == cmd,
+                    "snapshot at {} disagrees with what was applied at {index} (seed {})",
+                    meta.index,
+                    self.seed
+                );
+            }
+        }
+        let node = self.nodes.get_mut(&id).unwrap();
+        node.applied = snap.applied.clone();
+        node.applied_index = meta.index;
+        node.disk.entries.clear();
+        node.disk.snapshot = Some(snap);
+        self.stats.snapshots_installed += 1;
+    }
+
+    /// Tells leaders how their snapshot transfers ended (at a point where no node is mid-`ready`).
+    fn report_snapshots(&mut self) {
+        for (leader, peer, ok) in std::mem::take(&mut self.snapshot_reports) {
+            if let Some(r) = self.nodes.get_mut(&leader).unwrap().raft.as_mut() {
+                r.report_snapshot(peer, ok);
+                self.process(leader);
+            }
         }
     }
 
@@ -370,16 +521,10 @@ impl Sim {
                 0
             } else {
                 let node = &self.nodes[&id];
-                let pos = (e.index - 2) as usize;
-                // The previous entry is on disk or earlier in this same batch.
+                // The previous entry is on disk (or is the snapshot's last) or earlier in this same batch.
                 match rd.entries.iter().find(|x| x.index == e.index - 1) {
                     Some(x) => x.term,
-                    None => node
-                        .disk
-                        .entries
-                        .get(pos)
-                        .map(|x| x.term)
-                        .unwrap_or(u64::MAX),
+                    None => node.disk.term(e.index - 1).unwrap_or(u64::MAX),
                 }
             };
             let key = (e.index, e.term);
@@ -395,9 +540,21 @@ impl Sim {
                 }
             }
         }
+        if let Some(meta) = rd.snapshot {
+            self.install_snapshot(id, meta);
+        }
         let node = self.nodes.get_mut(&id).unwrap();
         if let Some(first) = rd.entries.first() {
-            node.disk.entries.truncate((first.index - 1) as usize);
+            let keep = node
+                .disk
+                .entries
+                .iter()
+                .position(|x| x.index >= first.index)
+                .unwrap_or(node.disk.entries.len());
+            node.disk.entries.truncate(keep);
+            if let Some(last) = node.disk.entries.last() {
+                assert_eq!(last.index + 1, first.index, "a gap on n{id}'s disk");
+            }
             node.disk.entries.extend(rd.entries.iter().cloned());
         }
         if let Some(hs) = rd.hard_state {
@@ -532,6 +689,9 @@ impl Sim {
         }
         if self.rng.chance(self.faults.drop_per_mille, 1000) {
             self.stats.dropped += 1;
+            if matches!(m.body, MessageBody::InstallSnapshot { .. }) {
+                self.snapshot_reports.push((m.from, m.to, false));
+            }
             return;
         }
         let copies = if self.rng.chance(self.faults.dup_per_mille, 1000) {
@@ -669,14 +829,22 @@ impl Sim {
     /// Delivers one message now (scripted mode), or says why it was lost: the sender and receiver are on
     /// different sides of a partition, or the receiver is down.
     pub fn deliver_msg(&mut self, m: Message) -> Result<(), &'static str> {
+        self.report_snapshots();
         let to = m.to;
-        if !self.connected(m.from, to) {
-            self.stats.dropped += 1;
-            return Err("partitioned");
+        let snapshot = matches!(m.body, MessageBody::InstallSnapshot { .. });
+        let why = if !self.connected(m.from, to) {
+            Some("partitioned")
+        } else if !self.is_up(to) {
+            Some("down")
+        } else {
+            None
+        };
+        if snapshot {
+            self.snapshot_reports.push((m.from, to, why.is_none()));
         }
-        if !self.is_up(to) {
+        if let Some(why) = why {
             self.stats.dropped += 1;
-            return Err("down");
+            return Err(why);
         }
         self.stats.delivered += 1;
         if matches!(
@@ -701,6 +869,7 @@ impl Sim {
 
     /// One tick: every live node ticks, then due messages are delivered.
     pub fn tick(&mut self) {
+        self.report_snapshots();
         self.now += 1;
         for id in self.ids() {
             if let Some(r) = self.nodes.get_mut(&id).unwrap().raft.as_mut() {
@@ -752,15 +921,16 @@ impl Sim {
             match self.leader_seen.get(&id) {
                 Some(&(t, i, it)) if t == term => {
                     assert!(
-                        last >= i && log.term(i) == Some(it),
+                        last >= i && (i < log.snapshot_index() || log.term(i) == Some(it)),
                         "Leader Append-Only violated on n{id} t{term}: had {i}/t{it}, now last {last} (seed {seed})"
                     );
                 }
                 _ => {
                     self.stats.elections += 1;
                     // Leader Completeness, full check at election.
+                    // (Entries compacted into its snapshot are checked through the snapshot's content.)
                     for (&index, &(eterm, cterm)) in &self.committed {
-                        if cterm <= term {
+                        if cterm <= term && index >= log.snapshot_index() {
                             assert_eq!(
                                 log.term(index),
                                 Some(eterm),
@@ -773,7 +943,7 @@ impl Sim {
             self.leader_seen.insert(id, (term, last, last_term));
             // Leader Completeness, cheap check each step: the highest committed entry.
             if let Some((&index, &(eterm, cterm))) = self.committed.iter().next_back() {
-                if cterm <= term {
+                if cterm <= term && index >= log.snapshot_index() {
                     assert_eq!(
                         log.term(index),
                         Some(eterm),
@@ -914,6 +1084,9 @@ pub fn short(b: &MessageBody) -> String {
         }
         MessageBody::HeartbeatResponse { read_seq } => {
             format!("HeartbeatResponse read_seq={read_seq}")
+        }
+        MessageBody::InstallSnapshot { index, last_term } => {
+            format!("InstallSnapshot {index}/t{last_term}")
         }
         MessageBody::Propose {
             request_id,
