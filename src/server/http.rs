@@ -7,6 +7,11 @@
 //!   answers from the local state (may be stale). Missing key → 404.
 //! - `GET|POST|DELETE /delete?key=K` → 200 `OK`, or 404 if the key did not exist.
 //! - `GET /status` → JSON: role, term, leader, indexes, batching counters.
+//! - `GET /metrics` → every [`Metrics`] value in the Prometheus text format 0.0.4, rendered on this worker.
+//!
+//! Every request, whatever its outcome, is counted by route, method and status, and its latency (from
+//! `recv` to the response written) observed per route, after the response is sent; a scrape therefore does
+//! not yet count itself.
 //!
 //! Errors are JSON `{"error":{"code":…,"message":…}}` with the status codes listed in [`super::api`]; 503s
 //! carry `Retry-After: 1`. Each worker hands the request to the Raft thread with a one-shot reply channel and
@@ -16,36 +21,51 @@
 //! to 8 KiB plus the value size; anything larger is refused with 413 before it reaches the log.
 
 use super::api::{ApiError, ClientRequest, Consistency, ReadOk, ReadQuery, WriteOk};
+use super::metrics::{Metrics, Route};
 use crate::config::NodeConfig;
 use crate::kv::{Command, Condition, MAX_TOKEN_BYTES};
 use crossbeam_channel::{Receiver, Sender, TrySendError};
 use std::io::Cursor;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tiny_http::{Header, Method, Request, Response, Server};
 
 pub(super) type HttpResponse = Response<Cursor<Vec<u8>>>;
 pub(super) type Params = [(String, Vec<u8>)];
 
 /// Serves requests until the server is unblocked (shutdown).
-pub fn worker(server: Arc<Server>, to_raft: Sender<ClientRequest>, cfg: Arc<NodeConfig>) {
+pub fn worker(
+    server: Arc<Server>,
+    to_raft: Sender<ClientRequest>,
+    cfg: Arc<NodeConfig>,
+    metrics: Arc<Metrics>,
+) {
     loop {
-        let req = match server.recv() {
+        let mut req = match server.recv() {
             Ok(r) => r,
             Err(e) => {
                 log::debug!("http worker stopping: {e}");
                 return;
             }
         };
-        let mut req = req;
-        let resp = handle(&mut req, &to_raft, &cfg);
+        let started = Instant::now();
+        let method = req.method().clone();
+        let route = Route::of(req.url(), &method);
+        let resp = handle(&mut req, &to_raft, &cfg, &metrics);
+        let status = resp.status_code().0;
         if let Err(e) = req.respond(resp) {
             log::debug!("http: failed to send a response: {e}");
         }
+        metrics.observe_request(route, &method, status, started.elapsed());
     }
 }
 
-fn handle(req: &mut Request, to_raft: &Sender<ClientRequest>, cfg: &NodeConfig) -> HttpResponse {
+fn handle(
+    req: &mut Request,
+    to_raft: &Sender<ClientRequest>,
+    cfg: &NodeConfig,
+    metrics: &Metrics,
+) -> HttpResponse {
     let url = req.url().to_string();
     let url = url.as_str();
     let max_url = 8192 + cfg.max_value_bytes * 3;
@@ -75,7 +95,8 @@ fn handle(req: &mut Request, to_raft: &Sender<ClientRequest>, cfg: &NodeConfig) 
         }
         ("/status", Method::Get) => status(to_raft, cfg),
         ("/health", Method::Get) => health(to_raft, cfg),
-        ("/set" | "/get" | "/delete" | "/status" | "/health", m) => Err(
+        ("/metrics", Method::Get) => render_metrics(metrics),
+        ("/set" | "/get" | "/delete" | "/status" | "/health" | "/metrics", m) => Err(
             ApiError::MethodNotAllowed(format!("method {m} not allowed on {path}")),
         ),
         _ => Err(ApiError::NotFound(format!("no route {path}"))),
@@ -221,6 +242,15 @@ fn status(to_raft: &Sender<ClientRequest>, cfg: &NodeConfig) -> Result<HttpRespo
     submit(to_raft, ClientRequest::Status { reply })?;
     let v = wait(rx, cfg)?;
     Ok(json_response(200, &v))
+}
+
+/// The Prometheus text exposition of every metric, rendered here (not on the Raft thread).
+fn render_metrics(metrics: &Metrics) -> Result<HttpResponse, ApiError> {
+    let body = metrics
+        .render()
+        .map_err(|e| ApiError::Internal(format!("cannot render the metrics: {e}")))?;
+    Ok(Response::from_data(body.into_bytes())
+        .with_header(header("Content-Type", super::metrics::CONTENT_TYPE)))
 }
 
 /// 200 when this node knows a leader and has applied everything it knows to be committed (within 1,000

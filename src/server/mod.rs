@@ -8,11 +8,15 @@
 //!                                                              └─> per-peer writer threads ─TCP─> peers
 //! ```
 //!
+//! The HTTP workers and the Raft thread share one [`metrics::Metrics`] (atomics, no locks on the hot path);
+//! `GET /metrics` renders it on the worker that serves the scrape.
+//!
 //! A [`Node`] owns every thread it starts; [`Node::shutdown`] stops them all. [`run`] is what the `nimbus`
 //! binary calls: start a node and serve until the Raft thread stops.
 
 pub mod api;
 pub mod http;
+pub mod metrics;
 mod raft_loop;
 mod rest;
 
@@ -126,6 +130,7 @@ impl Node {
             .ok_or_else(|| ServerError("HTTP server has no IP address".into()))?;
         let http = Arc::new(http);
 
+        let metrics = Arc::new(metrics::Metrics::new(cfg.data_dir.join("wal")));
         let (client_tx, client_rx) = crossbeam_channel::bounded(CLIENT_QUEUE);
         let (shutdown_tx, shutdown_rx) = crossbeam_channel::bounded(1);
         let cfg = Arc::new(cfg);
@@ -138,6 +143,7 @@ impl Node {
             peer_rx,
             client_rx,
             shutdown_rx,
+            metrics.clone(),
         );
         let http_for_stop = http.clone();
         let raft_thread = std::thread::Builder::new()
@@ -156,11 +162,16 @@ impl Node {
             .map_err(|e| ServerError(format!("cannot spawn the raft thread: {e}")))?;
         let mut workers = Vec::new();
         for i in 0..cfg.http_threads {
-            let (server, tx, cfg) = (http.clone(), client_tx.clone(), cfg.clone());
+            let (server, tx, cfg, m) = (
+                http.clone(),
+                client_tx.clone(),
+                cfg.clone(),
+                metrics.clone(),
+            );
             let w = std::thread::Builder::new()
                 .name(format!("http-{id}-{i}"))
                 .stack_size(256 * 1024)
-                .spawn(move || http::worker(server, tx, cfg))
+                .spawn(move || http::worker(server, tx, cfg, m))
                 .map_err(|e| ServerError(format!("cannot spawn an HTTP worker: {e}")))?;
             workers.push(w);
         }

@@ -21,16 +21,21 @@
 //!   lease holds; otherwise it takes the read-index path like a linearizable read.
 //! - The loop never blocks on the network: the transport's `send` only enqueues.
 //! - A storage failure is fatal: the loop stops, and the node with it, since what is durable is unknown.
+//! - Metrics cost the loop only relaxed atomic adds and stores (see `super::metrics`); role, term and leader
+//!   changes are derived from the core's read-only state after every tick and peer message, never by
+//!   changing the core.
 
 use super::api::{ApiError, ClientRequest, Consistency, ReadOk, ReadQuery, WriteOk};
+use super::metrics::{Metrics, ProposalKind, RaftWatch};
 use crate::config::NodeConfig;
 use crate::kv::{ApplyResult, KvStore};
-use crate::raft::{EntryKind, Index, Message, Raft, RequestError, Role, Term};
+use crate::raft::{EntryKind, Index, Message, MessageBody, Raft, RequestError, Role, Term};
 use crate::storage::Wal;
 use crate::transport::Transport;
 use crossbeam_channel::{select, Receiver, Sender};
 use log::{info, warn};
 use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::sync::Arc;
 use std::time::Instant;
 
 /// At most this many queued inputs are folded into one turn.
@@ -101,6 +106,8 @@ pub struct RaftLoop {
     last_role: Role,
     /// When the core was last ticked (up to a whole number of tick intervals).
     last_tick: Instant,
+    metrics: Arc<Metrics>,
+    watch: RaftWatch,
 }
 
 impl RaftLoop {
@@ -114,8 +121,11 @@ impl RaftLoop {
         peer_rx: Receiver<Message>,
         client_rx: Receiver<ClientRequest>,
         shutdown_rx: Receiver<()>,
+        metrics: Arc<Metrics>,
     ) -> Self {
         RaftLoop {
+            watch: RaftWatch::new(&raft),
+            metrics,
             cfg,
             raft,
             wal,
@@ -148,11 +158,12 @@ impl RaftLoop {
             select! {
                 recv(ticker) -> _ => {
                     self.catch_up_ticks();
+                    self.watch.observe_role(&self.raft, &self.metrics);
                     self.expire(Instant::now());
                     self.retry_writes();
                 }
                 recv(self.peer_rx) -> m => match m {
-                    Ok(m) => self.raft.step(m),
+                    Ok(m) => self.step(m),
                     Err(_) => break,
                 },
                 recv(self.client_rx) -> r => match r {
@@ -165,7 +176,7 @@ impl RaftLoop {
             for _ in 0..MAX_BATCH {
                 let mut any = false;
                 if let Ok(m) = self.peer_rx.try_recv() {
-                    self.raft.step(m);
+                    self.step(m);
                     any = true;
                 }
                 if let Ok(r) = self.client_rx.try_recv() {
@@ -201,6 +212,27 @@ impl RaftLoop {
         } else {
             self.last_tick += tick * due;
         }
+    }
+
+    /// Feeds a peer message to the core and counts what it changed.
+    fn step(&mut self, m: Message) {
+        if matches!(m.body, MessageBody::Propose { .. }) && self.raft.is_leader() {
+            self.metrics.proposal(ProposalKind::FromFollower);
+        }
+        self.raft.step(m);
+        self.watch.observe_role(&self.raft, &self.metrics);
+    }
+
+    /// Counts a proposal by where the core will send it (mirrors `Raft::propose`).
+    fn count_proposal(&self) {
+        let kind = if self.raft.is_leader() {
+            ProposalKind::Local
+        } else if self.raft.role() == Role::Follower && self.raft.leader().is_some() {
+            ProposalKind::Forwarded
+        } else {
+            ProposalKind::NoLeader
+        };
+        self.metrics.proposal(kind);
     }
 
     fn request_id(&mut self) -> u64 {
@@ -248,6 +280,7 @@ impl RaftLoop {
                         attempt: None,
                     },
                 );
+                self.count_proposal();
                 self.raft.propose(id, vec![bytes]);
             }
             ClientRequest::Read {
@@ -334,6 +367,15 @@ impl RaftLoop {
         while self.raft.has_ready() {
             let rd = self.raft.ready();
             self.stats.turns += 1;
+            self.metrics.ready_cycles.inc();
+            if rd
+                .messages
+                .iter()
+                .any(|m| matches!(m.body, MessageBody::PreVote { .. }))
+            {
+                // One pre-vote round sends its requests to every peer at once, in one Ready.
+                self.metrics.pre_votes_started.inc();
+            }
             let (early, late): (Vec<_>, Vec<_>) = rd
                 .messages
                 .into_iter()
@@ -351,12 +393,20 @@ impl RaftLoop {
                     .set_hard_state(hs)
                     .map_err(|e| format!("WAL write failed: {e}"))?;
             }
+            let wal_before = self.wal.stats();
             if rd.must_sync {
+                let started = Instant::now();
                 self.wal
                     .sync()
                     .map_err(|e| format!("WAL fsync failed: {e}"))?;
                 self.stats.syncs += 1;
                 let n = rd.entries.len() as u64;
+                if self.wal.stats().syncs > wal_before.syncs {
+                    self.metrics
+                        .fsync_seconds
+                        .observe_duration(started.elapsed());
+                    self.metrics.fsync_entries.observe(n);
+                }
                 self.stats.entries_persisted += n;
                 self.stats.max_batch = self.stats.max_batch.max(n);
             } else if rd.hard_state.is_some() {
@@ -364,9 +414,16 @@ impl RaftLoop {
                     .flush()
                     .map_err(|e| format!("WAL write failed: {e}"))?;
             }
+            let written = self.wal.stats().bytes_written - wal_before.bytes_written;
+            if written > 0 {
+                self.metrics.wal_written_bytes.inc_by(written);
+            }
             for m in late {
                 self.transport.send(m);
             }
+            self.metrics
+                .entries_applied
+                .inc_by(rd.committed.len() as u64);
             for e in rd.committed {
                 match e.kind {
                     EntryKind::Noop => {
@@ -406,6 +463,9 @@ impl RaftLoop {
             self.raft.advance();
             self.release_reads();
         }
+        self.watch.observe_role(&self.raft, &self.metrics);
+        self.watch
+            .observe_state(&self.raft, self.kv.applied(), &self.metrics);
         let role = self.raft.role();
         if role != self.last_role {
             self.last_role = role;
@@ -460,6 +520,8 @@ impl RaftLoop {
             {
                 let bytes = bytes.clone();
                 self.stats.retries += 1;
+                self.metrics.write_retries.inc();
+                self.count_proposal();
                 self.raft.propose(id, vec![bytes]);
             }
         }
@@ -605,6 +667,7 @@ impl RaftLoop {
             self.deadlines.pop_front();
             if self.pending.contains_key(&id) {
                 self.stats.timeouts += 1;
+                self.metrics.request_timeouts.inc();
                 self.fail(id, ApiError::Timeout);
             }
         }
