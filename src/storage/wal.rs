@@ -27,7 +27,7 @@
 //! - Every length is checked against `max_record_size` before anything is allocated; no file content can
 //!   make opening panic.
 
-use super::StorageError;
+use super::{io_err, sync_dir, StorageError};
 use crate::codec::{Reader, Writer};
 use crate::raft::{Entry, HardState, Index, Term};
 use log::{info, warn};
@@ -99,25 +99,8 @@ pub struct Wal {
     stats: WalStats,
 }
 
-fn io_err<'a>(
-    path: &'a Path,
-    op: &'static str,
-) -> impl FnOnce(std::io::Error) -> StorageError + 'a {
-    move |source| StorageError::Io {
-        path: path.to_path_buf(),
-        op,
-        source,
-    }
-}
-
 fn segment_path(dir: &Path, seq: u64) -> PathBuf {
     dir.join(format!("wal-{seq:020}.log"))
-}
-
-fn sync_dir(dir: &Path) -> Result<(), StorageError> {
-    File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(io_err(dir, "fsync directory"))
 }
 
 impl Wal {
