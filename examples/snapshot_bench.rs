@@ -49,6 +49,15 @@ fn main() {
     copy.write_snapshot(&mut std::io::sink()).unwrap();
     println!("encode only (to io::sink): {:.2?}", t.elapsed());
 
+    let t = Instant::now();
+    let mut mem = Vec::new();
+    copy.write_snapshot(&mut mem).unwrap();
+    println!(
+        "encode into memory (a Vec, for comparison with clone): {:.2?}",
+        t.elapsed()
+    );
+    drop(mem);
+
     let store = SnapshotStore::open(tmp.path(), 2).unwrap();
     let t = Instant::now();
     let meta = store
