@@ -2,7 +2,7 @@
 //!
 //! Layers (each a module, each testable alone):
 //! - [`raft`]: the pure, deterministic consensus core (no I/O, no clocks, seeded randomness);
-//! - [`storage`]: the write-ahead log on disk;
+//! - [`storage`]: the write-ahead log and the snapshot files on disk;
 //! - [`transport`]: framed messages between peers over TCP;
 //! - [`kv`]: the replicated key-value state machine;
 //! - [`server`]: the node runtime joining them (the Raft thread's select loop and the HTTP API);

@@ -19,10 +19,14 @@
 //! conditional `Put` = tag 3, key, value, condition; conditional `Delete` = tag 4, key, condition. A
 //! condition is a byte (1 = the key must be absent, 2 = its modify index must equal the `u64` that follows).
 //! A token prefix (tag 5, token bytes) may come before any command's tag.
+//!
+//! Snapshots: [`KvStore::write_snapshot`] and [`KvStore::read_snapshot`] (format in `kv/snapshot.rs`).
 
 use crate::codec::{DecodeError, Reader, Writer};
 use crate::raft::Index;
 use std::collections::{BTreeMap, HashMap, VecDeque};
+
+mod snapshot;
 
 const COMMAND_VERSION: u8 = 1;
 const TAG_TOKEN: u8 = 5;
@@ -197,8 +201,9 @@ pub struct Versioned {
     pub modify_index: Index,
 }
 
-/// The replicated map.
-#[derive(Debug, Default, Clone)]
+/// The replicated map. `Clone` (for snapshotting a copy off the Raft thread) and comparable (equal stores
+/// answer every future command alike).
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct KvStore {
     map: BTreeMap<Vec<u8>, Versioned>,
     applied: Index,

@@ -1,13 +1,19 @@
-//! Durable storage: the write-ahead log ([`Wal`]). Snapshot files arrive with log compaction.
+//! Durable storage: the write-ahead log ([`Wal`]) and the snapshot files ([`SnapshotStore`]).
 //!
 //! Errors name the file, the operation and (for corruption) the offset, so an operator knows what to look at.
 
+mod snapshot;
 mod wal;
 
+pub use snapshot::{
+    IncomingSnapshot, SnapshotMeta, SnapshotReader, SnapshotStore, SNAPSHOT_HEADER_LEN,
+    SNAPSHOT_MAX_BODY_LEN, SNAPSHOT_TRAILER_LEN, SNAPSHOT_VERSION,
+};
 pub use wal::{Recovered, Wal, WalOptions, WalStats};
 
 use std::fmt;
-use std::path::PathBuf;
+use std::fs::File;
+use std::path::{Path, PathBuf};
 
 /// A storage failure.
 #[derive(Debug)]
@@ -17,7 +23,8 @@ pub enum StorageError {
         op: &'static str,
         source: std::io::Error,
     },
-    /// The data on disk is damaged somewhere a crash cannot explain; the node must not start on it.
+    /// The data in a file is damaged (or not what its name says). For the WAL: somewhere a crash cannot
+    /// explain, so the node must not start on it. For a snapshot: that file must not be used.
     Corrupt {
         path: PathBuf,
         offset: u64,
@@ -37,13 +44,19 @@ impl fmt::Display for StorageError {
                 path,
                 offset,
                 reason,
-            } => write!(
-                f,
-                "corrupt WAL {} at offset {offset}: {reason} (refusing to start; move the file aside \
-                 only if you know this node's data can be rebuilt from its peers)",
-                path.display()
-            ),
-            StorageError::Invalid(m) => write!(f, "invalid WAL operation: {m}"),
+            } => {
+                write!(f, "corrupt {} at offset {offset}: {reason}", path.display())?;
+                // WAL segments end in `.log`: the node refuses to start on them.
+                if path.extension().is_some_and(|x| x == "log") {
+                    write!(
+                        f,
+                        " (refusing to start; move the file aside only if you know this node's data \
+                         can be rebuilt from its peers)"
+                    )?;
+                }
+                Ok(())
+            }
+            StorageError::Invalid(m) => write!(f, "invalid storage operation: {m}"),
         }
     }
 }
@@ -55,4 +68,23 @@ impl std::error::Error for StorageError {
             _ => None,
         }
     }
+}
+
+/// Maps an I/O error to a [`StorageError::Io`] naming the file and the operation.
+fn io_err<'a>(
+    path: &'a Path,
+    op: &'static str,
+) -> impl FnOnce(std::io::Error) -> StorageError + 'a {
+    move |source| StorageError::Io {
+        path: path.to_path_buf(),
+        op,
+        source,
+    }
+}
+
+/// Makes a directory's entries (created, renamed, removed files) durable.
+fn sync_dir(dir: &Path) -> Result<(), StorageError> {
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(io_err(dir, "fsync directory"))
 }

@@ -8,8 +8,15 @@
 //! u32 LE length of (type + payload) | u32 LE CRC32 of (type + payload) | u8 type | payload
 //! ```
 //!
-//! Record types: 1 = one log entry ([`crate::codec`] entry encoding), 2 = hard state, 3 = "the log starts
-//! after index I with term T" (written by compaction; entries at or below I are dropped).
+//! Record types (payloads in [`crate::codec`] encoding):
+//! - 1 = one log entry;
+//! - 2 = hard state;
+//! - 3 = log start, `u64 I | u64 T`: "entries up to I (whose entry I has term T) are covered by a
+//!   snapshot"; written by [`Wal::compact`]. Replay drops the entries held at or below I and keeps the rest;
+//! - 4 = log reset, `u64 I | u64 T`: "the log is empty and starts after I, term T"; written by
+//!   [`Wal::reset`] when a snapshot replaces the log. Replay drops every entry held.
+//!
+//! Temporary files `wal-<sequence>.tmp` (a reset segment not yet renamed into place) are removed on open.
 //!
 //! # Rules
 //! - Replay: an entry at index i drops every entry >= i held so far, then appends; so an overwrite of a
@@ -26,8 +33,24 @@
 //!   Limitation: damage to the very last record looks exactly like a torn write and is cut off.
 //! - Every length is checked against `max_record_size` before anything is allocated; no file content can
 //!   make opening panic.
+//!
+//! # Compaction and reset
+//! - [`Wal::compact`] first appends a log-start record and the current hard state to the active segment
+//!   and syncs them; only then does it remove segments, oldest first, each only if every entry it holds
+//!   is at or below the compaction point, never the active segment. So the hard state and the log start
+//!   always live in a remaining segment, and a crash at any point leaves a log that replays to the state
+//!   before or after the compaction.
+//! - Replay therefore accepts a log whose first segment begins above index 1, provided a later log-start
+//!   or reset record covers everything before that first entry; otherwise a segment is missing and
+//!   opening fails. A log-start record that contradicts a held entry's term, or lies below what the log
+//!   already dropped, is corruption.
+//! - [`Wal::reset`] syncs the active segment, writes a new segment (higher sequence number) holding only
+//!   a reset record and the hard state to a temporary file, syncs it, renames it into place, syncs the
+//!   directory, and only then removes the older segments. A crash before the rename leaves the old log
+//!   (the temporary file is removed on open); after it, the reset record makes whatever old segments
+//!   remain irrelevant, and `open` finishes removing them.
 
-use super::StorageError;
+use super::{io_err, sync_dir, StorageError};
 use crate::codec::{Reader, Writer};
 use crate::raft::{Entry, HardState, Index, Term};
 use log::{info, warn};
@@ -39,6 +62,7 @@ const HEADER: &[u8; 8] = b"NIMBWAL\x01";
 const REC_ENTRY: u8 = 1;
 const REC_HARD_STATE: u8 = 2;
 const REC_LOG_START: u8 = 3;
+const REC_LOG_RESET: u8 = 4;
 
 /// WAL settings.
 #[derive(Debug, Clone)]
@@ -81,8 +105,8 @@ pub struct WalStats {
 struct Segment {
     seq: u64,
     path: PathBuf,
-    /// The first entry index written to it, if any (for compaction).
-    first_index: Option<Index>,
+    /// The highest entry index written to it, if any: compaction may remove it once that is covered.
+    max_index: Option<Index>,
 }
 
 /// An open write-ahead log.
@@ -96,28 +120,15 @@ pub struct Wal {
     /// Index bookkeeping without keeping the entries (the Raft core holds them).
     first_index: Index,
     last_index: Index,
+    /// The term of the entry at `first_index - 1` (0 if none).
+    start_term: Term,
+    /// The latest hard state given or recovered, rewritten by compaction before old segments go.
+    hard_state: HardState,
     stats: WalStats,
-}
-
-fn io_err<'a>(
-    path: &'a Path,
-    op: &'static str,
-) -> impl FnOnce(std::io::Error) -> StorageError + 'a {
-    move |source| StorageError::Io {
-        path: path.to_path_buf(),
-        op,
-        source,
-    }
 }
 
 fn segment_path(dir: &Path, seq: u64) -> PathBuf {
     dir.join(format!("wal-{seq:020}.log"))
-}
-
-fn sync_dir(dir: &Path) -> Result<(), StorageError> {
-    File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(io_err(dir, "fsync directory"))
 }
 
 impl Wal {
@@ -135,27 +146,61 @@ impl Wal {
                 .and_then(|s| s.parse::<u64>().ok())
             {
                 seqs.push(seq);
+            } else if name.starts_with("wal-") && name.ends_with(".tmp") {
+                warn!("removing {name}: a WAL reset interrupted before it took effect");
+                let path = entry.path();
+                std::fs::remove_file(&path).map_err(io_err(&path, "remove"))?;
             } else if name.starts_with("wal-") {
                 warn!("ignoring unexpected file {} in the WAL directory", name);
             }
         }
         seqs.sort_unstable();
-        let mut rec = Recovered {
-            first_index: 1,
-            ..Default::default()
+        let mut st = Replay {
+            rec: Recovered {
+                first_index: 1,
+                ..Default::default()
+            },
+            start_known: false,
+            pending: None,
         };
         let mut segments = Vec::new();
+        let mut last_reset = None;
         let n = seqs.len();
         for (k, &seq) in seqs.iter().enumerate() {
             let path = segment_path(dir, seq);
-            let first = replay_segment(&path, &opts, k + 1 == n, &mut rec)?;
+            let info = replay_segment(&path, &opts, k + 1 == n, &mut st)?;
+            if info.reset {
+                last_reset = Some(k);
+            }
             segments.push(Segment {
                 seq,
                 path,
-                first_index: first,
+                max_index: info.max_index,
             });
         }
-        let last_index = rec.first_index + rec.entries.len() as u64 - 1;
+        if let Some((path, offset, first)) = st.pending {
+            return Err(StorageError::Corrupt {
+                path,
+                offset,
+                reason: format!(
+                    "the log begins at entry {first} but no log-start record covers the entries before \
+                     it (a segment is missing)"
+                ),
+            });
+        }
+        let rec = st.rec;
+        // Segments before the last reset record are obsolete: finish the interrupted reset.
+        if let Some(k) = last_reset.filter(|&k| k > 0) {
+            for s in segments.drain(..k) {
+                info!(
+                    "removing {}: replaced by a snapshot (finishing an interrupted reset)",
+                    s.path.display()
+                );
+                std::fs::remove_file(&s.path).map_err(io_err(&s.path, "remove"))?;
+            }
+            sync_dir(dir)?;
+        }
+        let last_index = rec.first_index - 1 + rec.entries.len() as u64;
         let (file, file_len) = match segments.last() {
             Some(s) => {
                 let f = OpenOptions::new()
@@ -171,13 +216,15 @@ impl Wal {
                 (f, HEADER.len() as u64)
             }
         };
-        if !rec.entries.is_empty() || rec.hard_state != HardState::default() {
+        if !rec.entries.is_empty() || rec.hard_state != HardState::default() || rec.first_index > 1
+        {
             info!(
-                "WAL {}: {} segments, entries {}..={}, {:?}",
+                "WAL {}: {} segments, entries {}..={}, start term {}, {:?}",
                 dir.display(),
                 segments.len(),
                 rec.first_index,
                 last_index,
+                rec.start_term,
                 rec.hard_state
             );
         }
@@ -194,6 +241,8 @@ impl Wal {
             buf: Vec::with_capacity(64 * 1024),
             first_index: rec.first_index,
             last_index,
+            start_term: rec.start_term,
+            hard_state: rec.hard_state,
         };
         Ok((wal, rec))
     }
@@ -202,7 +251,7 @@ impl Wal {
     pub fn append(&mut self, entries: &[Entry]) -> Result<(), StorageError> {
         for (k, e) in entries.iter().enumerate() {
             let expect_contiguous = k == 0 || e.index == entries[k - 1].index + 1;
-            if !expect_contiguous || e.index > self.last_index + 1 || e.index < self.first_index {
+            if !expect_contiguous || e.index < self.first_index || e.index - 1 > self.last_index {
                 return Err(StorageError::Invalid(format!(
                     "entry {} cannot follow last index {} (first index {})",
                     e.index, self.last_index, self.first_index
@@ -213,7 +262,7 @@ impl Wal {
             self.record(REC_ENTRY, &w.buf)?;
             self.last_index = e.index;
             let seg = self.segments.last_mut().expect("a segment is open");
-            seg.first_index.get_or_insert(e.index);
+            seg.max_index = Some(seg.max_index.map_or(e.index, |m| m.max(e.index)));
         }
         Ok(())
     }
@@ -222,25 +271,13 @@ impl Wal {
     pub fn set_hard_state(&mut self, hs: HardState) -> Result<(), StorageError> {
         let mut w = Writer::with_capacity(24);
         w.hard_state(&hs);
-        self.record(REC_HARD_STATE, &w.buf)
+        self.record(REC_HARD_STATE, &w.buf)?;
+        self.hard_state = hs;
+        Ok(())
     }
 
     fn record(&mut self, kind: u8, payload: &[u8]) -> Result<(), StorageError> {
-        let len = payload.len() + 1;
-        if len > self.opts.max_record_size as usize {
-            return Err(StorageError::Invalid(format!(
-                "record of {len} bytes exceeds the WAL's limit of {}",
-                self.opts.max_record_size
-            )));
-        }
-        let mut h = crc32fast::Hasher::new();
-        h.update(&[kind]);
-        h.update(payload);
-        self.buf.extend_from_slice(&(len as u32).to_le_bytes());
-        self.buf.extend_from_slice(&h.finalize().to_le_bytes());
-        self.buf.push(kind);
-        self.buf.extend_from_slice(payload);
-        Ok(())
+        encode_record(&mut self.buf, kind, payload, self.opts.max_record_size)
     }
 
     /// Writes the buffered records without forcing them to disk.
@@ -268,13 +305,166 @@ impl Wal {
         if self.buf.is_empty() {
             return Ok(());
         }
+        self.sync_active()?;
+        if self.file_len >= self.opts.segment_size {
+            self.rotate()?;
+        }
+        Ok(())
+    }
+
+    /// Writes the buffer and fdatasyncs the active segment (even if the buffer is empty: earlier
+    /// `flush`es may not be durable yet). Never rotates.
+    fn sync_active(&mut self) -> Result<(), StorageError> {
         self.flush()?;
         let path = &self.segments.last().expect("a segment is open").path;
         self.file.sync_data().map_err(io_err(path, "fdatasync"))?;
         self.stats.syncs += 1;
+        Ok(())
+    }
+
+    /// Drops entries up to `through` (term `term`), which a snapshot now covers: writes a log-start
+    /// record and the current hard state into the active segment and syncs them, then removes the oldest
+    /// segments whose entries are all at or below `through` (never the active one) and syncs the
+    /// directory. Returns how many segments were removed.
+    ///
+    /// Below the first index this is a no-op. At `first_index - 1` (the point already compacted to, e.g.
+    /// after a crash interrupted the removals) it only removes what is still removable. After an error,
+    /// reopen the WAL: what is on disk is consistent, the in-memory view may not be.
+    pub fn compact(&mut self, through: Index, term: Term) -> Result<usize, StorageError> {
+        if through.saturating_add(1) < self.first_index {
+            return Ok(0);
+        }
+        if through > self.last_index || through == Index::MAX {
+            return Err(StorageError::Invalid(format!(
+                "cannot compact through {through}: the log ends at {} (a snapshot beyond the log \
+                 needs reset)",
+                self.last_index
+            )));
+        }
+        if through + 1 == self.first_index {
+            if term != self.start_term {
+                return Err(StorageError::Invalid(format!(
+                    "compaction through {through} with term {term}, but the log starts after term {}",
+                    self.start_term
+                )));
+            }
+            if self.removable(through) == 0 {
+                return Ok(0);
+            }
+        }
+        let mut w = Writer::with_capacity(16);
+        w.u64(through);
+        w.u64(term);
+        self.record(REC_LOG_START, &w.buf)?;
+        let hs = self.hard_state;
+        self.set_hard_state(hs)?;
+        // Durable before any segment goes: the records that replace theirs are in the active segment.
+        self.sync_active()?;
+        self.first_index = through + 1;
+        self.start_term = term;
+        let removable = self.removable(through);
+        // Oldest first, so a crash in between leaves a suffix of segments, which replay accepts.
+        let mut removed = 0;
+        let mut result = Ok(());
+        for s in &self.segments[..removable] {
+            if let Err(e) = std::fs::remove_file(&s.path) {
+                result = Err(io_err(&s.path, "remove compacted segment")(e));
+                break;
+            }
+            removed += 1;
+        }
+        self.segments.drain(..removed);
+        self.stats.segments = self.segments.len() as u64;
+        result?;
+        if removed > 0 {
+            sync_dir(&self.dir)?;
+            info!(
+                "WAL {}: compacted through {through} (term {term}), removed {removed} segments",
+                self.dir.display()
+            );
+        }
         if self.file_len >= self.opts.segment_size {
             self.rotate()?;
         }
+        Ok(removed)
+    }
+
+    /// How many of the oldest segments hold no entry above `through`, not counting the active one.
+    fn removable(&self, through: Index) -> usize {
+        let active = self.segments.len() - 1;
+        self.segments[..active]
+            .iter()
+            .take_while(|s| s.max_index.is_none_or(|m| m <= through))
+            .count()
+    }
+
+    /// Replaces the whole log with an empty one that starts after `index` (term `term`), as after
+    /// installing a snapshot at (`index`, `term`), and records `hs`. The new segment is complete and
+    /// durable before the old ones are removed; a crash at any point leaves the old log or the new one.
+    /// After an error, reopen the WAL: what is on disk is consistent, the in-memory view may not be.
+    pub fn reset(&mut self, index: Index, term: Term, hs: HardState) -> Result<(), StorageError> {
+        let Some(first) = index.checked_add(1) else {
+            return Err(StorageError::Invalid(format!(
+                "cannot reset to index {index}"
+            )));
+        };
+        // Old segments stop being the last one: they must be whole (only the last may have a torn tail).
+        self.sync_active()?;
+        let seq = self.segments.last().map_or(1, |s| s.seq + 1);
+        let mut data = HEADER.to_vec();
+        let mut w = Writer::with_capacity(40);
+        w.u64(index);
+        w.u64(term);
+        encode_record(&mut data, REC_LOG_RESET, &w.buf, self.opts.max_record_size)?;
+        let mut w = Writer::with_capacity(24);
+        w.hard_state(&hs);
+        encode_record(&mut data, REC_HARD_STATE, &w.buf, self.opts.max_record_size)?;
+        let tmp = self.dir.join(format!("wal-{seq:020}.tmp"));
+        let path = segment_path(&self.dir, seq);
+        OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&tmp)
+            .and_then(|mut f| {
+                f.write_all(&data)?;
+                f.sync_all()
+            })
+            .map_err(io_err(&tmp, "write reset segment"))?;
+        std::fs::rename(&tmp, &path).map_err(io_err(&tmp, "rename reset segment"))?;
+        sync_dir(&self.dir)?;
+        // The reset is durable. From here on the old segments are obsolete.
+        let file = OpenOptions::new()
+            .append(true)
+            .open(&path)
+            .map_err(io_err(&path, "open"))?;
+        let old = std::mem::replace(
+            &mut self.segments,
+            vec![Segment {
+                seq,
+                path,
+                max_index: None,
+            }],
+        );
+        self.file = file;
+        self.file_len = data.len() as u64;
+        self.first_index = first;
+        self.last_index = index;
+        self.start_term = term;
+        self.hard_state = hs;
+        self.stats.syncs += 1;
+        self.stats.bytes_written += data.len() as u64;
+        self.stats.segments = 1;
+        for s in &old {
+            // Should this fail, `open` removes the rest (they precede a reset record).
+            std::fs::remove_file(&s.path).map_err(io_err(&s.path, "remove replaced segment"))?;
+        }
+        sync_dir(&self.dir)?;
+        info!(
+            "WAL {}: reset to start after index {index} (term {term}), removed {} segments",
+            self.dir.display(),
+            old.len()
+        );
         Ok(())
     }
 
@@ -292,9 +482,47 @@ impl Wal {
         self.last_index
     }
 
+    /// The first index the log holds (the one after the compaction or reset point; 1 if neither).
+    pub fn first_index(&self) -> Index {
+        self.first_index
+    }
+
+    /// The term of the entry just before the first index (0 for a log never compacted or reset).
+    pub fn start_term(&self) -> Term {
+        self.start_term
+    }
+
+    /// The latest hard state given to [`Wal::set_hard_state`] or [`Wal::reset`], or recovered.
+    pub fn hard_state(&self) -> HardState {
+        self.hard_state
+    }
+
     pub fn stats(&self) -> WalStats {
         self.stats
     }
+}
+
+/// Appends a framed record (length, CRC, type, payload) to `buf`.
+fn encode_record(
+    buf: &mut Vec<u8>,
+    kind: u8,
+    payload: &[u8],
+    max: u32,
+) -> Result<(), StorageError> {
+    let len = payload.len() + 1;
+    if len > max as usize {
+        return Err(StorageError::Invalid(format!(
+            "record of {len} bytes exceeds the WAL's limit of {max}"
+        )));
+    }
+    let mut h = crc32fast::Hasher::new();
+    h.update(&[kind]);
+    h.update(payload);
+    buf.extend_from_slice(&(len as u32).to_le_bytes());
+    buf.extend_from_slice(&h.finalize().to_le_bytes());
+    buf.push(kind);
+    buf.extend_from_slice(payload);
+    Ok(())
 }
 
 fn create_segment(dir: &Path, seq: u64) -> Result<(Segment, File), StorageError> {
@@ -311,19 +539,37 @@ fn create_segment(dir: &Path, seq: u64) -> Result<(Segment, File), StorageError>
         Segment {
             seq,
             path,
-            first_index: None,
+            max_index: None,
         },
         f,
     ))
 }
 
-/// Replays one segment into `rec`. Returns the first entry index it holds.
+/// Replay state across segments.
+struct Replay {
+    rec: Recovered,
+    /// Whether the log's start is settled: by its first entry, or by a log-start or reset record.
+    start_known: bool,
+    /// The log began above index 1 (earlier segments compacted away): where, until a log-start or reset
+    /// record covers what precedes it.
+    pending: Option<(PathBuf, u64, Index)>,
+}
+
+/// What replaying one segment found.
+struct SegmentInfo {
+    /// The highest entry index in it.
+    max_index: Option<Index>,
+    /// Whether it holds a reset record.
+    reset: bool,
+}
+
+/// Replays one segment into `st`.
 fn replay_segment(
     path: &Path,
     opts: &WalOptions,
     is_last: bool,
-    rec: &mut Recovered,
-) -> Result<Option<Index>, StorageError> {
+    st: &mut Replay,
+) -> Result<SegmentInfo, StorageError> {
     let mut data = Vec::new();
     File::open(path)
         .and_then(|mut f| f.read_to_end(&mut data))
@@ -332,6 +578,10 @@ fn replay_segment(
         path: path.to_path_buf(),
         offset: offset as u64,
         reason,
+    };
+    let mut info = SegmentInfo {
+        max_index: None,
+        reset: false,
     };
     if data.len() < HEADER.len() || &data[..HEADER.len()] != HEADER {
         // A crash between creating the file and writing its header leaves it short: only for the last
@@ -343,12 +593,11 @@ fn replay_segment(
                 data.len()
             );
             rewrite_prefix(path, HEADER)?;
-            return Ok(None);
+            return Ok(info);
         }
         return Err(corrupt(0, "not a nimbus WAL segment (bad header)".into()));
     }
     let mut pos = HEADER.len();
-    let mut first = None;
     while pos < data.len() {
         let parsed = parse_record(&data, pos, opts.max_record_size);
         let (kind, payload, next) = match parsed {
@@ -364,7 +613,7 @@ fn replay_segment(
                         data.len() - pos
                     );
                     truncate_file(path, pos as u64)?;
-                    return Ok(first);
+                    return Ok(info);
                 }
                 let reason = match later {
                     Some(at) => format!("{reason}; a valid record follows at offset {at}"),
@@ -374,12 +623,21 @@ fn replay_segment(
             }
         };
         let mut r = Reader::new(payload);
+        let rec = &mut st.rec;
         match kind {
             REC_ENTRY => {
                 let e = r.entry().map_err(|e| corrupt(pos, e.to_string()))?;
                 r.finish().map_err(|e| corrupt(pos, e.to_string()))?;
-                let last = rec.first_index + rec.entries.len() as u64 - 1;
-                if e.index < rec.first_index || e.index > last + 1 {
+                if !st.start_known && rec.entries.is_empty() && e.index > rec.first_index {
+                    // The first entry of a log whose earlier segments compaction removed: a log-start
+                    // record further on must cover what comes before it.
+                    rec.first_index = e.index;
+                    st.pending = Some((path.to_path_buf(), pos as u64, e.index));
+                }
+                st.start_known = true;
+                // first_index >= 1, so neither side can overflow.
+                let last = rec.first_index - 1 + rec.entries.len() as u64;
+                if e.index < rec.first_index || e.index - 1 > last {
                     return Err(corrupt(
                         pos,
                         format!(
@@ -389,30 +647,64 @@ fn replay_segment(
                     ));
                 }
                 rec.entries.truncate((e.index - rec.first_index) as usize);
-                first.get_or_insert(e.index);
+                info.max_index = Some(info.max_index.map_or(e.index, |m| m.max(e.index)));
                 rec.entries.push(e);
             }
             REC_HARD_STATE => {
                 rec.hard_state = r.hard_state().map_err(|e| corrupt(pos, e.to_string()))?;
                 r.finish().map_err(|e| corrupt(pos, e.to_string()))?;
             }
-            REC_LOG_START => {
+            REC_LOG_START | REC_LOG_RESET => {
                 let index = r.u64().map_err(|e| corrupt(pos, e.to_string()))?;
                 let term = r.u64().map_err(|e| corrupt(pos, e.to_string()))?;
                 r.finish().map_err(|e| corrupt(pos, e.to_string()))?;
-                let keep_from = index + 1;
-                if keep_from > rec.first_index {
-                    let drop = ((keep_from - rec.first_index) as usize).min(rec.entries.len());
-                    rec.entries.drain(..drop);
+                let Some(keep_from) = index.checked_add(1) else {
+                    return Err(corrupt(pos, format!("log start {index} out of range")));
+                };
+                if kind == REC_LOG_RESET {
+                    rec.entries.clear();
+                    info.reset = true;
+                } else {
+                    if keep_from < rec.first_index {
+                        return Err(corrupt(
+                            pos,
+                            format!(
+                                "log-start record for index {index}, but the log already begins at {}{}",
+                                rec.first_index,
+                                if st.pending.is_some() {
+                                    " (a segment is missing)"
+                                } else {
+                                    ""
+                                }
+                            ),
+                        ));
+                    }
+                    // Entries held at or below `index` (keep_from >= first_index here).
+                    let held = (keep_from - rec.first_index) as usize;
+                    if let Some(e) = held.checked_sub(1).and_then(|k| rec.entries.get(k)) {
+                        if e.term != term {
+                            return Err(corrupt(
+                                pos,
+                                format!(
+                                    "log-start record says entry {index} has term {term}, the log has \
+                                     term {}",
+                                    e.term
+                                ),
+                            ));
+                        }
+                    }
+                    rec.entries.drain(..held.min(rec.entries.len()));
                 }
                 rec.first_index = keep_from;
                 rec.start_term = term;
+                st.start_known = true;
+                st.pending = None;
             }
             k => return Err(corrupt(pos, format!("unknown record type {k}"))),
         }
         pos = next;
     }
-    Ok(first)
+    Ok(info)
 }
 
 /// The offset of the first well-formed record (plausible length, known type, matching CRC) at or after
@@ -421,7 +713,7 @@ fn next_valid_record(data: &[u8], from: usize, max: u32) -> Option<usize> {
     (from..data.len().saturating_sub(8)).find(|&o| {
         matches!(
             data.get(o + 8),
-            Some(&(REC_ENTRY | REC_HARD_STATE | REC_LOG_START))
+            Some(&(REC_ENTRY | REC_HARD_STATE | REC_LOG_START | REC_LOG_RESET))
         ) && parse_record(data, o, max).is_ok()
     })
 }
