@@ -129,6 +129,16 @@ pub struct NodeConfig {
     /// Largest accepted key and value (bytes).
     pub max_key_bytes: usize,
     pub max_value_bytes: usize,
+    /// Take a snapshot once this many entries were applied since the last one...
+    pub snapshot_entries: u64,
+    /// ...or once the WAL grew by this many bytes since the last one.
+    pub snapshot_bytes: u64,
+    /// Snapshot files kept on disk (the newest ones).
+    pub snapshots_kept: usize,
+    /// Log entries kept before the newest snapshot, so followers slightly behind catch up from the log.
+    pub log_keep_entries: u64,
+    /// Size at which the WAL starts a new segment file (segments are deleted whole).
+    pub wal_segment_bytes: u64,
 }
 
 impl NodeConfig {
@@ -152,6 +162,11 @@ impl NodeConfig {
             http_threads: 64,
             max_key_bytes: 4096,
             max_value_bytes: 1 << 20,
+            snapshot_entries: 10_000,
+            snapshot_bytes: 64 << 20,
+            snapshots_kept: 2,
+            log_keep_entries: 5_000,
+            wal_segment_bytes: 16 << 20,
         }
     }
 
@@ -174,6 +189,17 @@ impl NodeConfig {
         }
         if self.request_timeout.is_zero() {
             return Err("--request-timeout-ms must be at least 1".into());
+        }
+        if self.snapshot_entries == 0 || self.snapshot_bytes < 1024 {
+            return Err(
+                "--snapshot-entries must be at least 1 and --snapshot-bytes at least 1024".into(),
+            );
+        }
+        if self.snapshots_kept == 0 || self.snapshots_kept > 100 {
+            return Err("--snapshots-kept must be between 1 and 100".into());
+        }
+        if self.wal_segment_bytes < 4096 || self.wal_segment_bytes > 1 << 32 {
+            return Err("--wal-segment-bytes must be between 4096 and 4 GiB".into());
         }
         if self.max_key_bytes == 0 || self.max_value_bytes == 0 {
             return Err("key and value limits must be at least 1 byte".into());

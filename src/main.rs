@@ -97,6 +97,21 @@ struct NodeArgs {
     /// HTTP worker threads (each serves one request at a time).
     #[arg(long, default_value_t = 64)]
     http_threads: usize,
+    /// Take a snapshot after this many applied entries...
+    #[arg(long, default_value_t = 10_000)]
+    snapshot_entries: u64,
+    /// ...or after the WAL grew by this many bytes.
+    #[arg(long, default_value_t = 64 << 20)]
+    snapshot_bytes: u64,
+    /// Snapshot files kept on disk.
+    #[arg(long, default_value_t = 2)]
+    snapshots_kept: usize,
+    /// Log entries kept before the newest snapshot for followers slightly behind.
+    #[arg(long, default_value_t = 5_000)]
+    log_keep_entries: u64,
+    /// WAL segment file size; the WAL is deleted a whole segment at a time.
+    #[arg(long, default_value_t = 16 << 20)]
+    wal_segment_bytes: u64,
 }
 
 fn build_config(cli: NodeArgs) -> Result<NodeConfig, String> {
@@ -131,6 +146,11 @@ fn build_config(cli: NodeArgs) -> Result<NodeConfig, String> {
     cfg.heartbeat_ticks = cli.heartbeat_ticks;
     cfg.request_timeout = Duration::from_millis(cli.request_timeout_ms);
     cfg.http_threads = cli.http_threads;
+    cfg.snapshot_entries = cli.snapshot_entries;
+    cfg.snapshot_bytes = cli.snapshot_bytes;
+    cfg.snapshots_kept = cli.snapshots_kept;
+    cfg.log_keep_entries = cli.log_keep_entries;
+    cfg.wal_segment_bytes = cli.wal_segment_bytes;
     cfg.validate()?;
     Ok(cfg)
 }

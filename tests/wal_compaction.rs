@@ -181,6 +181,32 @@ fn compact_removes_only_wholly_covered_segments_and_reopens() {
     assert_log(&rec, 131, expect[129].term, &[], hs);
 }
 
+/// A compaction that removes no segment leaves its log-start record in the middle of a segment; a later
+/// compaction removes the segments before that one. The old record then lies below where the log begins,
+/// which is harmless (found by the kill -9 snapshot test), and the later record covers the start.
+#[test]
+fn an_old_log_start_record_below_the_remaining_log_is_harmless() {
+    let dir = tempfile::tempdir().unwrap();
+    let opts = WalOptions {
+        segment_size: 2000,
+        ..Default::default()
+    };
+    let (mut wal, _) = Wal::open(dir.path(), opts.clone()).unwrap();
+    let mut expect = Vec::new();
+    append_range(&mut wal, 1, 150, &mut expect);
+    assert!(segment_files(dir.path()).len() >= 3);
+    // Through 5: the first segment holds entries above 5, so nothing is removed, and the record goes
+    // into the last segment, which begins far above 5.
+    assert_eq!(wal.compact(5, expect[4].term).unwrap(), 0);
+    let hs = append_range(&mut wal, 151, 200, &mut expect);
+    // Through 140: the segments before the one holding that record go.
+    let removed = wal.compact(140, expect[139].term).unwrap();
+    assert!(removed >= 2, "the first segments go");
+    drop(wal);
+    let (_, rec) = Wal::open(dir.path(), opts).unwrap_or_else(|e| panic!("reopen: {e}"));
+    assert_log(&rec, 141, expect[139].term, &expect[140..], hs);
+}
+
 /// The latest hard state may sit in a segment that compaction removes: it must survive.
 #[test]
 fn compaction_keeps_a_hard_state_written_long_ago() {

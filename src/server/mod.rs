@@ -18,12 +18,11 @@ pub mod api;
 pub mod http;
 pub mod metrics;
 mod raft_loop;
+mod recovery;
 mod rest;
 
 use crate::config::{connect_addr, listen_addr, NodeConfig};
-use crate::kv::KvStore;
-use crate::raft::{Config as RaftConfig, InitialState, Raft};
-use crate::storage::{Wal, WalOptions};
+use crate::raft::{Config as RaftConfig, Raft};
 use crate::transport::{Transport, TransportConfig};
 use api::ClientRequest;
 use crossbeam_channel::Sender;
@@ -72,33 +71,20 @@ impl Node {
                 cfg.data_dir.display()
             ))
         })?;
-        let (wal, rec) = Wal::open(&cfg.data_dir.join("wal"), WalOptions::default())
-            .map_err(|e| ServerError(format!("cannot open the WAL: {e}")))?;
-        info!(
-            "[n{id}] recovered {} entries from index {}, hard state {:?}",
-            rec.entries.len(),
-            rec.first_index,
-            rec.hard_state
-        );
+        let recovery::Recovered {
+            wal,
+            init,
+            kv,
+            store,
+        } = recovery::recover(&cfg).map_err(ServerError)?;
+        let snap_dir = store.dir().to_path_buf();
+        let snaps = raft_loop::Snapshots::new(store, init.snapshot_index);
         let mut rcfg = RaftConfig::new(id, cfg.members.keys().copied());
         rcfg.election_ticks = cfg.election_ticks;
         rcfg.heartbeat_ticks = cfg.heartbeat_ticks;
         // The lease covers 80 % of the minimum election timeout: nodes' tick rates may differ by up to
         // that margin (see `Raft::lease_read`).
         rcfg.lease_ticks = cfg.election_ticks * 4 / 5;
-        let snapshot_index = rec.first_index.saturating_sub(1);
-        let init = InitialState {
-            hard_state: rec.hard_state,
-            snapshot_index,
-            snapshot_term: 0,
-            entries: rec.entries,
-            applied: 0,
-        };
-        if snapshot_index > 0 {
-            return Err(ServerError(
-                "the WAL starts after index 1 but snapshots are not supported yet".into(),
-            ));
-        }
         let raft = Raft::new(rcfg, init, seed_for(id)).map_err(ServerError)?;
 
         let (peer_tx, peer_rx) = crossbeam_channel::bounded(PEER_QUEUE);
@@ -114,6 +100,7 @@ impl Node {
         let mut tcfg = TransportConfig::new(id, cfg.cluster_name.clone(), raft_listen, peers);
         tcfg.connect_timeout = cfg.tick * cfg.election_ticks;
         tcfg.advertise_http = Some(cfg.http_addr);
+        tcfg.snapshot_dir = Some(snap_dir);
         let transport = Transport::start(tcfg, peer_tx).map_err(|e| {
             ServerError(format!(
                 "cannot start the peer transport on {raft_listen}: {e}"
@@ -139,11 +126,12 @@ impl Node {
             raft,
             wal,
             transport,
-            KvStore::new(),
+            kv,
             peer_rx,
             client_rx,
             shutdown_rx,
             metrics.clone(),
+            snaps,
         );
         let http_for_stop = http.clone();
         let raft_thread = std::thread::Builder::new()

@@ -38,6 +38,10 @@ use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::Instant;
 
+#[path = "snapshots.rs"]
+mod snapshots;
+pub(super) use snapshots::{load_kv, Snapshots};
+
 /// At most this many queued inputs are folded into one turn.
 const MAX_BATCH: usize = 4096;
 /// Apply results kept for proposals whose answer arrives after their entry was applied.
@@ -108,6 +112,7 @@ pub struct RaftLoop {
     last_tick: Instant,
     metrics: Arc<Metrics>,
     watch: RaftWatch,
+    snaps: Snapshots,
 }
 
 impl RaftLoop {
@@ -122,8 +127,10 @@ impl RaftLoop {
         client_rx: Receiver<ClientRequest>,
         shutdown_rx: Receiver<()>,
         metrics: Arc<Metrics>,
+        snaps: Snapshots,
     ) -> Self {
         RaftLoop {
+            snaps,
             watch: RaftWatch::new(&raft),
             metrics,
             cfg,
@@ -170,6 +177,16 @@ impl RaftLoop {
                     Ok(r) => self.handle_client(r),
                     Err(_) => break,
                 },
+                recv(self.snaps.taken_rx) -> t => {
+                    if let Ok(t) = t {
+                        self.snapshot_taken(t)?;
+                    }
+                }
+                recv(self.snaps.sent_rx) -> s => {
+                    if let Ok(s) = s {
+                        self.snapshot_sent(s);
+                    }
+                }
                 recv(self.shutdown_rx) -> _ => break,
             }
             // Group commit: fold everything already queued into this turn.
@@ -218,6 +235,9 @@ impl RaftLoop {
     fn step(&mut self, m: Message) {
         if matches!(m.body, MessageBody::Propose { .. }) && self.raft.is_leader() {
             self.metrics.proposal(ProposalKind::FromFollower);
+        }
+        if !self.check_incoming(&m) {
+            return;
         }
         self.raft.step(m);
         self.watch.observe_role(&self.raft, &self.metrics);
@@ -367,6 +387,9 @@ impl RaftLoop {
         while self.raft.has_ready() {
             let rd = self.raft.ready();
             self.stats.turns += 1;
+            if let Some(meta) = rd.snapshot {
+                self.install_snapshot(meta)?;
+            }
             self.metrics.ready_cycles.inc();
             if rd
                 .messages
@@ -419,7 +442,7 @@ impl RaftLoop {
                 self.metrics.wal_written_bytes.inc_by(written);
             }
             for m in late {
-                self.transport.send(m);
+                self.send_message(m);
             }
             self.metrics
                 .entries_applied
@@ -463,6 +486,9 @@ impl RaftLoop {
             self.raft.advance();
             self.release_reads();
         }
+        // A received snapshot the core did not take is of no use.
+        self.discard_incoming();
+        self.maybe_take_snapshot();
         self.watch.observe_role(&self.raft, &self.metrics);
         self.watch
             .observe_state(&self.raft, self.kv.applied(), &self.metrics);
@@ -730,6 +756,7 @@ impl RaftLoop {
                 "timeouts": self.stats.timeouts,
                 "write_retries": self.stats.retries,
                 "lease_reads": self.stats.lease_reads,
+                "snapshots": self.snapshot_status(),
                 "idempotency_tokens": self.kv.tokens(),
                 "wal": format!("{wal:?}"),
             },

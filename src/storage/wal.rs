@@ -665,6 +665,13 @@ fn replay_segment(
                     rec.entries.clear();
                     info.reset = true;
                 } else {
+                    if keep_from < rec.first_index && st.pending.is_some() {
+                        // An older compaction's record, in a segment whose predecessors a later compaction
+                        // removed: the entries it covers are gone already. A later log-start record must
+                        // still cover the start of what remains.
+                        pos = next;
+                        continue;
+                    }
                     if keep_from < rec.first_index {
                         return Err(corrupt(
                             pos,

@@ -304,6 +304,14 @@ impl Drop for TestCluster {
             for i in 0..self.nodes.len() {
                 eprintln!("---- log of node {} ----\n{}", i, tail(&self.logs(i), 60));
             }
+            // KEEP_FAILED=1 keeps the data directories and logs of a failed test for a post-mortem.
+            if std::env::var_os("KEEP_FAILED").is_some() {
+                let dir = std::mem::replace(&mut self.dir, tempfile::tempdir().expect("temp dir"));
+                eprintln!(
+                    "kept the failed cluster's files in {}",
+                    dir.keep().display()
+                );
+            }
         }
     }
 }
