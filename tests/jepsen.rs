@@ -52,7 +52,18 @@ impl Net {
 }
 
 fn start_cluster(n: usize) -> (TestCluster, Net) {
-    let mut c = TestCluster::prepare(n, &["--request-timeout-ms", "1500"]);
+    // Snapshots every 100 entries, keeping 20, so they are taken, sent and installed under the faults.
+    let flags = [
+        "--request-timeout-ms",
+        "1500",
+        "--snapshot-entries",
+        "100",
+        "--log-keep-entries",
+        "20",
+        "--wal-segment-bytes",
+        "65536",
+    ];
+    let mut c = TestCluster::prepare(n, &flags);
     let mut proxies = BTreeMap::new();
     let taken: Vec<u16> = c
         .nodes
@@ -285,11 +296,20 @@ fn jepsen_run(n: usize, faults: Faults, seed: u64, secs: u64) {
     run.stop.store(true, Ordering::Relaxed);
     let records = run.records.lock().unwrap().clone();
     let report = analyze(&records);
+    let snap = |field: &str| -> u64 {
+        (0..n)
+            .filter_map(|i| c.status(i))
+            .filter_map(|s| s["stats"]["snapshots"][field].as_u64())
+            .sum()
+    };
+    // Counters of the nodes' current lives (a restarted node starts from zero).
+    let (taken, installed) = (snap("taken"), snap("installed"));
     let elections: Vec<String> = elections.iter().map(|d| format!("{d:.2?}")).collect();
     eprintln!(
         "jepsen n={n} faults={faults:?} seed={seed}: {} ops ({} ok, {} failed, {} indeterminate), {} checked on {} \
          keys; availability {:.0} ok ops/s under faults; leader elected after leader kills in [{}]; \
-         recovery after healing {:.1?}; acknowledged writes lost {}; {} violations\n{}\nnemesis:\n{}",
+         recovery after healing {:.1?}; acknowledged writes lost {}; {} violations; snapshots taken {} and \
+         installed {} (current lives)\n{}\nnemesis:\n{}",
         records.len(),
         report.ok,
         report.failed,
@@ -301,6 +321,8 @@ fn jepsen_run(n: usize, faults: Faults, seed: u64, secs: u64) {
         recovery,
         report.lost_writes,
         report.violations.len(),
+        taken,
+        installed,
         report.by_kind_table(),
         log.join("\n")
     );
@@ -313,6 +335,7 @@ fn jepsen_run(n: usize, faults: Faults, seed: u64, secs: u64) {
         report.lost_writes, 0,
         "acknowledged writes lost (seed {seed})"
     );
+    assert!(taken > 0, "no snapshot was taken during the run");
     assert!(
         report.ok > 100,
         "too few successful operations to mean anything: {}",

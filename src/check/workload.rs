@@ -75,6 +75,8 @@ pub enum Kind {
     Put,
     /// `GET /v1/kv/{key}`.
     Get,
+    /// `GET /v1/kv/{key}?consistency=lease` (the leader answers from its lease when it holds one).
+    LeaseGet,
     /// `PUT /v1/kv/{key}` with `If-Match`.
     Cas,
     /// `PUT /v1/kv/{key}` with `If-None-Match: *`.
@@ -95,6 +97,7 @@ impl Kind {
             Kind::SeedDelete => "/delete",
             Kind::Put => "PUT",
             Kind::Get => "GET",
+            Kind::LeaseGet => "GET lease",
             Kind::Cas => "PUT If-Match",
             Kind::Create => "PUT If-None-Match",
             Kind::Delete => "DELETE",
@@ -104,7 +107,10 @@ impl Kind {
     }
 
     fn is_write(self) -> bool {
-        !matches!(self, Kind::SeedGet | Kind::Get | Kind::FinalRead)
+        !matches!(
+            self,
+            Kind::SeedGet | Kind::Get | Kind::LeaseGet | Kind::FinalRead
+        )
     }
 }
 
@@ -354,9 +360,11 @@ fn pick(rng: &mut Rng, mix: Mix, write_percent: u64) -> Kind {
     match (mix, write) {
         (Mix::Seed, true) => Kind::SeedSet,
         (Mix::Seed, false) => Kind::SeedGet,
-        (Mix::Rest, false) => Kind::Get,
-        (Mix::All, false) if r < 50 => Kind::SeedGet,
-        (Mix::All, false) => Kind::Get,
+        (Mix::Rest, false) if r < 50 => Kind::Get,
+        (Mix::Rest, false) => Kind::LeaseGet,
+        (Mix::All, false) if r < 40 => Kind::SeedGet,
+        (Mix::All, false) if r < 70 => Kind::Get,
+        (Mix::All, false) => Kind::LeaseGet,
         // Writes: plain writes keep values coming, CASes are the point, deletes and create-only writes keep
         // the key going between absent and present.
         (Mix::Rest, true) => match r {
@@ -395,6 +403,9 @@ fn perform(
     let (request, op) = match kind {
         Kind::SeedGet | Kind::FinalRead => return read_reply(http.get(&seed_path("get", key))),
         Kind::Get => return read_reply(http.get(&rest_path(key))),
+        Kind::LeaseGet => {
+            return read_reply(http.get(&format!("{}?consistency=lease", rest_path(key))))
+        }
         Kind::SeedSet => {
             let path = format!("{}&value={value}", seed_path("set", key));
             (http.get(&path), Op::Write(value))
