@@ -162,12 +162,14 @@ impl Wal {
             },
             start_known: false,
             pending: None,
+            first_segment: false,
         };
         let mut segments = Vec::new();
         let mut last_reset = None;
         let n = seqs.len();
         for (k, &seq) in seqs.iter().enumerate() {
             let path = segment_path(dir, seq);
+            st.first_segment = k == 0;
             let info = replay_segment(&path, &opts, k + 1 == n, &mut st)?;
             if info.reset {
                 last_reset = Some(k);
@@ -553,6 +555,8 @@ struct Replay {
     /// The log began above index 1 (earlier segments compacted away): where, until a log-start or reset
     /// record covers what precedes it.
     pending: Option<(PathBuf, u64, Index)>,
+    /// Replaying the oldest remaining segment, whose predecessors compaction may have removed.
+    first_segment: bool,
 }
 
 /// What replaying one segment found.
@@ -628,9 +632,11 @@ fn replay_segment(
             REC_ENTRY => {
                 let e = r.entry().map_err(|e| corrupt(pos, e.to_string()))?;
                 r.finish().map_err(|e| corrupt(pos, e.to_string()))?;
-                if !st.start_known && rec.entries.is_empty() && e.index > rec.first_index {
-                    // The first entry of a log whose earlier segments compaction removed: a log-start
-                    // record further on must cover what comes before it.
+                let gap = rec.entries.is_empty() && e.index > rec.first_index;
+                if gap && (!st.start_known || (st.first_segment && st.pending.is_none())) {
+                    // The first entry of a log whose earlier segments compaction removed, or, in the first
+                    // remaining segment, an entry after a log-start record whose following entries were in
+                    // a removed segment: a log-start record further on must cover what comes before it.
                     rec.first_index = e.index;
                     st.pending = Some((path.to_path_buf(), pos as u64, e.index));
                 }
