@@ -7,7 +7,7 @@
 //! - The encoding of [`Entry`] and [`HardState`] is part of the on-disk format: change it only with a
 //!   format version bump.
 
-use crate::raft::{Entry, EntryKind, HardState};
+use crate::raft::{Entry, EntryKind, HardState, Membership};
 use std::fmt;
 
 /// Why a byte string could not be decoded.
@@ -64,6 +64,22 @@ impl Writer {
             EntryKind::Command(data) => {
                 self.u8(1);
                 self.bytes(data);
+            }
+            EntryKind::Config {
+                membership,
+                context,
+            } => {
+                self.u8(2);
+                self.membership(membership);
+                self.bytes(context);
+            }
+        }
+    }
+    pub fn membership(&mut self, m: &Membership) {
+        for set in [&m.voters, &m.learners] {
+            self.u32(set.len() as u32);
+            for id in set {
+                self.u64(*id);
             }
         }
     }
@@ -147,9 +163,32 @@ impl<'a> Reader<'a> {
         let kind = match self.u8()? {
             0 => EntryKind::Noop,
             1 => EntryKind::Command(self.bytes()?),
+            2 => EntryKind::Config {
+                membership: self.membership()?,
+                context: self.bytes()?,
+            },
             k => return Err(DecodeError(format!("unknown entry kind {k}"))),
         };
         Ok(Entry { index, term, kind })
+    }
+    /// A membership: ids non-zero, no id both voter and learner.
+    pub fn membership(&mut self) -> Result<Membership, DecodeError> {
+        let mut m = Membership::default();
+        for learners in [false, true] {
+            let n = self.count(8)?;
+            for _ in 0..n {
+                let id = self.u64()?;
+                let fresh = if learners {
+                    !m.voters.contains(&id) && m.learners.insert(id)
+                } else {
+                    m.voters.insert(id)
+                };
+                if id == 0 || !fresh {
+                    return Err(DecodeError(format!("bad member id {id} in a membership")));
+                }
+            }
+        }
+        Ok(m)
     }
     pub fn hard_state(&mut self) -> Result<HardState, DecodeError> {
         Ok(HardState {

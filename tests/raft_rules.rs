@@ -527,3 +527,196 @@ fn a_follower_behind_the_compacted_log_gets_the_snapshot() {
     assert_eq!(sim.stats.snapshots_installed, 1, "exactly one transfer");
     sim.check_converged().unwrap();
 }
+
+fn raft_mut(sim: &mut Sim, id: u64) -> &mut Raft {
+    sim.nodes.get_mut(&id).unwrap().raft.as_mut().unwrap()
+}
+
+/// Thesis §4.1 (learners, then promotion): a node outside the cluster neither campaigns nor receives
+/// anything; added as a learner it catches up (here by snapshot, the leader having compacted) without
+/// voting; promoted, it counts towards quorums.
+#[test]
+fn a_learner_catches_up_then_is_promoted() {
+    let mut sim = Sim::with_voters(4, set(&[1, 2, 3]), 21, |_| {});
+    sim.snapshots = Some(sim::SnapshotPolicy { every: 20, keep: 5 });
+    sim.run(100);
+    let l = sim.leader().unwrap();
+    assert_ne!(l, 4, "a non-member never leads");
+    for k in 0..60 {
+        sim.propose(l, format!("w{k}").into_bytes());
+        sim.run(1);
+    }
+    assert_eq!(sim.raft(4).log().last_index(), 0, "outsiders get nothing");
+    assert_eq!(sim.raft(4).term(), 0, "and never campaign");
+    let r = sim.change_membership(l, MembershipChange::AddLearner(4));
+    sim.run(60);
+    assert!(
+        matches!(sim.outcomes[&r], Outcome::Written(..)),
+        "{:?}",
+        sim.outcomes[&r]
+    );
+    assert!(sim.stats.snapshots_installed >= 1, "caught up by snapshot");
+    assert_eq!(
+        sim.raft(4).log().last_index(),
+        sim.raft(l).log().last_index()
+    );
+    assert_eq!(sim.raft(4).membership().learners, set(&[4]));
+    // A learner never campaigns, however long it hears nothing.
+    sim.partition(vec![set(&[4]), set(&[1, 2, 3])]);
+    sim.run(200);
+    assert_eq!(sim.raft(4).role(), Role::Follower);
+    sim.heal();
+    sim.run(20);
+    let r = sim.change_membership(l, MembershipChange::Promote(4));
+    sim.run(60);
+    assert!(matches!(sim.outcomes[&r], Outcome::Written(..)));
+    for id in 1..=4 {
+        assert_eq!(
+            sim.raft(id).membership().voters,
+            set(&[1, 2, 3, 4]),
+            "n{id}"
+        );
+    }
+    // Four voters: a quorum is three. With two of the first three down nothing commits; with n4 up
+    // again... the leader and n4 and one more do.
+    let others: Vec<u64> = (1..=3).filter(|&i| i != l).collect();
+    sim.crash(others[0]);
+    sim.crash(others[1]);
+    let before = sim.raft(l).log().committed();
+    let w = sim.propose(l, b"needs three".to_vec());
+    sim.run(5);
+    assert_eq!(
+        sim.raft(l).log().committed(),
+        before,
+        "two of four is no quorum"
+    );
+    sim.restart(others[0]);
+    sim.run(100);
+    let leader = sim.leader().unwrap();
+    sim.propose(leader, b"after".to_vec());
+    sim.run(50);
+    assert!(sim.raft(leader).log().committed() > before);
+    let _ = w;
+    sim.restart(others[1]);
+    sim.run(100);
+    sim.check_converged().unwrap();
+}
+
+/// Thesis §4.2.2: a leader that removes itself keeps replicating until the change commits, then steps
+/// down; the others elect a leader among themselves and the removed node never campaigns again.
+#[test]
+fn removing_the_leader_steps_it_down_after_commit() {
+    let mut sim = Sim::new(3, 22, |_| {});
+    sim.run(100);
+    let l = sim.leader().unwrap();
+    for k in 0..10 {
+        sim.propose(l, format!("w{k}").into_bytes());
+    }
+    sim.run(10);
+    let r = sim.change_membership(l, MembershipChange::Remove(l));
+    sim.run(300);
+    assert!(
+        matches!(sim.outcomes[&r], Outcome::Written(..)),
+        "{:?}",
+        sim.outcomes[&r]
+    );
+    let rest: Vec<u64> = (1..=3).filter(|&i| i != l).collect();
+    let new = sim.leader().expect("a new leader");
+    assert!(rest.contains(&new), "n{new} leads");
+    assert!(!sim.raft(l).is_leader());
+    for &id in &rest {
+        assert_eq!(
+            sim.raft(id).membership().voters,
+            rest.iter().copied().collect()
+        );
+    }
+    let term = sim.raft(new).term();
+    let w = sim.propose(new, b"two voters".to_vec());
+    sim.run(300);
+    assert!(matches!(sim.outcomes[&w], Outcome::Written(..)));
+    assert_eq!(
+        sim.raft(new).term(),
+        term,
+        "the removed node did not disrupt"
+    );
+    assert!(sim.raft(l).term() <= term);
+}
+
+/// Changes that cannot be made are refused with a reason, and nothing is appended.
+#[test]
+fn bad_membership_changes_are_refused() {
+    let mut sim = scripted(3, |_| {});
+    win_election(&mut sim, 1);
+    // Before an entry of its term commits, a new leader takes no change (Ongaro 2015).
+    let r = sim.change_membership(1, MembershipChange::AddLearner(4));
+    assert_eq!(sim.outcomes[&r], Outcome::Failed(RequestError::Busy));
+    sim.stabilize();
+    let last = sim.raft(1).log().last_index();
+    for (change, why) in [
+        (MembershipChange::Promote(2), "not a learner"),
+        (MembershipChange::Remove(9), "not a member"),
+        (MembershipChange::AddLearner(3), "already a member"),
+    ] {
+        let r = sim.change_membership(1, change);
+        assert!(
+            matches!(&sim.outcomes[&r], Outcome::Failed(RequestError::Refused(m)) if m.contains(why)),
+            "{:?}",
+            sim.outcomes[&r]
+        );
+    }
+    assert_eq!(sim.raft(1).log().last_index(), last, "nothing appended");
+    // One change at a time: the second waits for the first to commit.
+    sim.change_membership(1, MembershipChange::AddLearner(4));
+    let r = sim.change_membership(1, MembershipChange::AddLearner(5));
+    assert!(
+        matches!(&sim.outcomes[&r], Outcome::Failed(RequestError::Refused(m)) if m.contains("in progress"))
+    );
+    // Followers do not take changes.
+    let r = sim.change_membership(2, MembershipChange::AddLearner(6));
+    assert!(matches!(
+        sim.outcomes[&r],
+        Outcome::Failed(RequestError::NotLeader { .. })
+    ));
+    // The last voter stays.
+    let mut single = scripted(1, |_| {});
+    win_election(&mut single, 1);
+    single.stabilize();
+    let r = single.change_membership(1, MembershipChange::Remove(1));
+    assert!(
+        matches!(&single.outcomes[&r], Outcome::Failed(RequestError::Refused(m)) if m.contains("last voter"))
+    );
+}
+
+/// Thesis §3.10: a transfer brings the target up to date and makes it campaign at once, well before an
+/// election timeout; followers do not refuse it for having heard from the old leader; the old leader
+/// takes no proposals meanwhile and serves no lease reads once it sent `TimeoutNow`.
+#[test]
+fn leadership_transfer_elects_the_target_at_once() {
+    let mut sim = Sim::new(3, 23, |_| {});
+    sim.run(100);
+    let l = sim.leader().unwrap();
+    let target = (1..=3).find(|&i| i != l).unwrap();
+    for k in 0..5 {
+        sim.propose(l, format!("w{k}").into_bytes());
+    }
+    assert!(raft_mut(&mut sim, l).lease_read().is_none() || sim.raft(l).is_leader());
+    raft_mut(&mut sim, l).transfer_leadership(target).unwrap();
+    sim.process(l);
+    let w = sim.propose(l, b"during".to_vec());
+    assert_eq!(
+        sim.outcomes.get(&w),
+        Some(&Outcome::Failed(RequestError::Busy))
+    );
+    let mut ticks = 0;
+    while !sim.raft(target).is_leader() {
+        sim.run(1);
+        ticks += 1;
+        assert!(ticks < 5, "transfer took {ticks} ticks");
+    }
+    assert!(!sim.raft(l).is_leader());
+    assert!(sim.raft(l).lease_read().is_none());
+    let refused = raft_mut(&mut sim, target).transfer_leadership(9);
+    assert!(matches!(refused, Err(RequestError::Refused(_))));
+    sim.run(50);
+    sim.check_converged().unwrap();
+}

@@ -432,6 +432,7 @@ fn request_err(e: &RequestError) -> String {
         RequestError::NotLeader { leader: Some(l) } => format!("NotLeader (leader n{l})"),
         RequestError::LeaderChanged => "LeaderChanged".into(),
         RequestError::Busy => "Busy".into(),
+        RequestError::Refused(why) => format!("Refused ({why})"),
     }
 }
 
@@ -452,7 +453,12 @@ fn fmt_msg(m: &Message) -> String {
         MessageBody::Vote {
             last_index,
             last_term,
-        } => format!("Vote last={last_index}/t{last_term}"),
+            transfer,
+        } => format!(
+            "Vote last={last_index}/t{last_term}{}",
+            if *transfer { " transfer" } else { "" }
+        ),
+        MessageBody::TimeoutNow => "TimeoutNow".to_string(),
         MessageBody::PreVoteResponse { granted: g } => format!("PreVoteResponse {}", granted(*g)),
         MessageBody::VoteResponse { granted: g } => format!("VoteResponse {}", granted(*g)),
         MessageBody::Append {
@@ -481,7 +487,9 @@ fn fmt_msg(m: &Message) -> String {
         MessageBody::HeartbeatResponse { read_seq } => {
             format!("HeartbeatResponse read_seq={read_seq}")
         }
-        MessageBody::InstallSnapshot { index, last_term } => {
+        MessageBody::InstallSnapshot {
+            index, last_term, ..
+        } => {
             format!("InstallSnapshot {index}/t{last_term}")
         }
         MessageBody::Propose {
@@ -524,6 +532,10 @@ fn fmt_entry(e: &Entry) -> String {
     match &e.kind {
         EntryKind::Noop => format!("{}/t{}:noop", e.index, e.term),
         EntryKind::Command(c) => format!("{}/t{}:{}", e.index, e.term, String::from_utf8_lossy(c)),
+        EntryKind::Config { membership, .. } => format!(
+            "{}/t{}:config voters={:?} learners={:?}",
+            e.index, e.term, membership.voters, membership.learners
+        ),
     }
 }
 

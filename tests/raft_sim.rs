@@ -18,6 +18,33 @@ fn env_u64(name: &str) -> Option<u64> {
     })
 }
 
+/// One membership change through the leader: a learner is promoted, a node outside the cluster is added
+/// as a learner, or (when `remove`, and more than two voters remain) a random voter is removed. After the
+/// faults (`remove` false) only when no change is under way.
+fn membership_step(sim: &mut Sim, rng: &mut Rng, remove: bool) {
+    let Some(l) = sim.leader() else {
+        return;
+    };
+    let raft = sim.raft(l);
+    // During the faults, changes are asked for even while one is under way: the core must refuse them.
+    if !remove && !raft.membership_committed() {
+        return;
+    }
+    let m = raft.membership().clone();
+    let outside: Vec<u64> = sim.ids().into_iter().filter(|&i| !m.contains(i)).collect();
+    let change = if let Some(&learner) = m.learners.iter().next() {
+        MembershipChange::Promote(learner)
+    } else if let Some(&out) = outside.first() {
+        MembershipChange::AddLearner(out)
+    } else if remove && m.voters.len() > 2 {
+        let voters: Vec<u64> = m.voters.iter().copied().collect();
+        MembershipChange::Remove(voters[rng.below(voters.len() as u64) as usize])
+    } else {
+        return;
+    };
+    sim.change_membership(l, change);
+}
+
 /// One randomized run. Panics (with the seed in the message) on any violated property.
 fn run_seed(seed: u64) -> sim::Stats {
     let mut rng = Rng::new(seed ^ 0x5EED);
@@ -48,6 +75,7 @@ fn run_seed(seed: u64) -> sim::Stats {
     }
     let ids = sim.ids();
     let mut payload = 0u64;
+    let mut members_rng = Rng::new(seed ^ 0x3E3B);
     // Phase 1: faults.
     for _ in 0..400 {
         // Clients: a few writes and reads per tick on random nodes.
@@ -95,6 +123,9 @@ fn run_seed(seed: u64) -> sim::Stats {
                 }
             }
             8..=10 => sim.heal(),
+            // Membership changes, drawn from their own generator (so seeds without them keep their
+            // schedule): remove a voter, add a removed node back as a learner, promote a learner.
+            11 if members_rng.chance(1, 2) => membership_step(&mut sim, &mut members_rng, true),
             _ => {}
         }
         sim.tick();
@@ -114,6 +145,10 @@ fn run_seed(seed: u64) -> sim::Stats {
                 payload += 1;
                 sim.propose(l, format!("w{payload}").into_bytes());
             }
+        }
+        // Every node back in as a voter, one change at a time.
+        if t % 10 == 5 {
+            membership_step(&mut sim, &mut members_rng, false);
         }
         if t > 60 && sim.check_converged().is_ok() {
             converged = true;
@@ -153,6 +188,7 @@ fn simulated_clusters_keep_raft_properties() {
             total.lease_reads += s.lease_reads;
             total.snapshots += s.snapshots;
             total.snapshots_installed += s.snapshots_installed;
+            total.membership_changes += s.membership_changes;
         }
         if let Err(e) = result {
             let msg = e
@@ -179,6 +215,10 @@ fn simulated_clusters_keep_raft_properties() {
     assert!(
         total.lease_reads > count * 5,
         "too few reads served from a lease: {total:?}"
+    );
+    assert!(
+        total.membership_changes > count,
+        "too few membership changes: {total:?}"
     );
     assert!(
         total.snapshots_installed > count / 2,

@@ -35,8 +35,13 @@ pub(super) struct LeaderState {
     reads_before_noop: Vec<(u64, NodeId)>,
     pending_reads: VecDeque<PendingRead>,
     /// New entries or a new commit index to broadcast at the next flush.
-    append_needed: bool,
+    pub(super) append_needed: bool,
     commit_changed: bool,
+    /// Thesis §3.10: a transfer under way to this voter, and for how many ticks (aborted after an
+    /// election timeout). Proposals are refused meanwhile.
+    pub(super) transfer: Option<(NodeId, u32)>,
+    /// A `TimeoutNow` went out this term: another leader may be elected at any moment, so no more leases.
+    pub(super) lease_off: bool,
 }
 
 impl Raft {
@@ -69,6 +74,8 @@ impl Raft {
             pending_reads: VecDeque::new(),
             append_needed: false,
             commit_changed: false,
+            transfer: None,
+            lease_off: false,
         }));
         self.set_leader(Some(self.id));
         self.election_elapsed = 0;
@@ -86,6 +93,14 @@ impl Raft {
 impl LeaderState {
     pub(super) fn progress_mut(&mut self, peer: NodeId) -> Option<&mut Progress> {
         self.progress.get_mut(&peer)
+    }
+
+    pub(super) fn retain_progress(&mut self, keep: impl Fn(NodeId) -> bool) {
+        self.progress.retain(|&id, _| keep(id));
+    }
+
+    pub(super) fn progress_or_insert(&mut self, peer: NodeId, new: impl FnOnce() -> Progress) {
+        self.progress.entry(peer).or_insert_with(new);
     }
 
     /// The indexes of the snapshots being sent to followers.
@@ -135,6 +150,9 @@ impl Raft {
         &mut self,
         commands: Vec<Vec<u8>>,
     ) -> Result<(Index, Term), RequestError> {
+        if self.transferring_to().is_some() {
+            return Err(RequestError::Busy); // thesis §3.10: no new entries while handing over
+        }
         let first = self.log.last_index() + 1;
         let term = self.term;
         let entries = commands
@@ -149,6 +167,26 @@ impl Raft {
         self.log.append(entries);
         self.leader_state().append_needed = true;
         Ok((first, term))
+    }
+
+    /// Appends one entry of the given kind (a configuration change) to the leader's log.
+    pub(super) fn leader_append_kind(
+        &mut self,
+        kind: EntryKind,
+    ) -> Result<(Index, Term), RequestError> {
+        if self.transferring_to().is_some() {
+            return Err(RequestError::Busy);
+        }
+        let index = self.log.last_index() + 1;
+        let term = self.term;
+        self.log.append(vec![Entry { index, term, kind }]);
+        self.leader_state().append_needed = true;
+        Ok((index, term))
+    }
+
+    /// Sends a follower what it lacks, if its progress allows.
+    pub(super) fn leader_send_append(&mut self, to: NodeId) {
+        self.send_append(to, false);
     }
 
     /// Registers a read for the next read-index round (thesis §6.4).
@@ -219,6 +257,19 @@ impl Raft {
 
     pub(super) fn tick_leader(&mut self) {
         self.election_elapsed += 1;
+        let limit = self.cfg.election_ticks;
+        if let RoleState::Leader(ls) = &mut self.role {
+            if let Some((target, elapsed)) = &mut ls.transfer {
+                *elapsed += 1;
+                if *elapsed >= limit {
+                    info!(
+                        "[n{} t{}] transfer to n{target} abandoned after an election timeout",
+                        self.id, self.term
+                    );
+                    ls.transfer = None;
+                }
+            }
+        }
         if self.election_elapsed >= self.cfg.election_ticks {
             self.election_elapsed = 0;
             if self.cfg.check_quorum && !self.check_quorum_active() {
@@ -246,8 +297,14 @@ impl Raft {
     /// Whether a quorum (counting ourselves) was heard from since the last check; resets the marks.
     fn check_quorum_active(&mut self) -> bool {
         let quorum = self.quorum();
+        let voters = self.membership.voters.clone();
+        let me = usize::from(voters.contains(&self.id));
         let ls = self.leader_state();
-        let active = 1 + ls.progress.values().filter(|p| p.recent_active).count();
+        let active = me
+            + ls.progress
+                .iter()
+                .filter(|(id, p)| p.recent_active && voters.contains(id))
+                .count();
         for p in ls.progress.values_mut() {
             p.recent_active = false;
         }
@@ -303,6 +360,7 @@ impl Raft {
             self.cfg.max_inflight,
         );
         let snapshot = self.snapshot;
+        let (membership, context) = self.snapshot_membership.clone();
         let RoleState::Leader(ls) = &mut self.role else {
             return;
         };
@@ -330,6 +388,8 @@ impl Raft {
                 MessageBody::InstallSnapshot {
                     index: snapshot.index,
                     last_term: snapshot.term,
+                    membership,
+                    context,
                 },
             );
             return;
@@ -385,6 +445,9 @@ impl Raft {
             None => {
                 if pr.on_success(index) {
                     self.maybe_commit();
+                }
+                if self.transferring_to() == Some(from) {
+                    self.maybe_send_timeout_now(from);
                 }
                 // Tell it the commit index if it has not heard the latest (it may have been waiting on a
                 // probe when the commit advanced), so followers apply without waiting for a heartbeat.
@@ -467,7 +530,7 @@ impl Raft {
         let quorum = self.quorum();
         let stable = self.log.stable();
         let term = self.term;
-        let voters = self.cfg.voters.clone();
+        let voters = self.membership.voters.clone();
         let id = self.id;
         let ls = self.leader_state();
         let mut matched: Vec<Index> = voters
@@ -509,7 +572,7 @@ impl Raft {
     /// round started after it arrived; that proves we were still leader when it arrived.
     fn confirm_reads(&mut self) {
         let quorum = self.quorum();
-        let voters = self.cfg.voters.clone();
+        let voters = self.membership.voters.clone();
         let id = self.id;
         let ls = self.leader_state();
         let mut acked: Vec<u64> = voters
@@ -560,7 +623,7 @@ impl Raft {
         let RoleState::Leader(ls) = &self.role else {
             return None;
         };
-        if !self.cfg.check_quorum || self.cfg.lease_ticks == 0 {
+        if !self.cfg.check_quorum || self.cfg.lease_ticks == 0 || ls.lease_off {
             return None;
         }
         let committed = self.log.committed();
@@ -568,7 +631,7 @@ impl Raft {
             return None;
         }
         let mut acked: Vec<u64> = self
-            .cfg
+            .membership
             .voters
             .iter()
             .map(|v| {

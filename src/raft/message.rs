@@ -5,6 +5,7 @@
 //! [`Message`]s; the storage layer persists [`Entry`]s and [`HardState`]s.
 
 use serde::{Deserialize, Serialize};
+use std::collections::BTreeSet;
 
 /// A node's identifier within the cluster. Never 0 (0 means "none" in hints and votes).
 pub type NodeId = u64;
@@ -22,6 +23,40 @@ pub enum EntryKind {
     Noop,
     /// An opaque command for the state machine. The core never looks inside.
     Command(Vec<u8>),
+    /// A new cluster membership (thesis §4.1): in effect on every node as soon as the entry is in its log,
+    /// committed or not. `context` is the driver's (e.g. the members' addresses); the core never reads it.
+    Config {
+        membership: Membership,
+        context: Vec<u8>,
+    },
+}
+
+/// Who is in the cluster: voters count towards elections and commitment; learners only receive the log.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Membership {
+    pub voters: BTreeSet<NodeId>,
+    pub learners: BTreeSet<NodeId>,
+}
+
+impl Membership {
+    pub fn contains(&self, id: NodeId) -> bool {
+        self.voters.contains(&id) || self.learners.contains(&id)
+    }
+    /// Every member, voters and learners.
+    pub fn members(&self) -> impl Iterator<Item = NodeId> + '_ {
+        self.voters.iter().chain(self.learners.iter()).copied()
+    }
+}
+
+/// One membership change at a time (thesis §4.1, single-server changes).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum MembershipChange {
+    /// A new node joins as a learner: it receives the log (or a snapshot) but does not vote yet.
+    AddLearner(NodeId),
+    /// A learner becomes a voter.
+    Promote(NodeId),
+    /// A voter or learner leaves.
+    Remove(NodeId),
 }
 
 /// One entry of the replicated log.
@@ -38,6 +73,10 @@ impl Entry {
         24 + match &self.kind {
             EntryKind::Noop => 0,
             EntryKind::Command(data) => data.len(),
+            EntryKind::Config {
+                membership,
+                context,
+            } => 8 * (membership.voters.len() + membership.learners.len()) + context.len(),
         }
     }
 }
@@ -97,10 +136,12 @@ pub enum MessageBody {
     PreVoteResponse {
         granted: bool,
     },
-    /// RequestVote (paper §5.2, Figure 2).
+    /// RequestVote (paper §5.2, Figure 2). `transfer`: the candidate campaigns because the leader handed
+    /// leadership to it (thesis §3.10), so voters do not refuse it for having heard from that leader.
     Vote {
         last_index: Index,
         last_term: Term,
+        transfer: bool,
     },
     VoteResponse {
         granted: bool,
@@ -138,7 +179,12 @@ pub enum MessageBody {
     InstallSnapshot {
         index: Index,
         last_term: Term,
+        /// The membership at `index`, with the driver's context.
+        membership: Membership,
+        context: Vec<u8>,
     },
+    /// Leadership transfer (thesis §3.10): the leader tells an up-to-date voter to campaign at once.
+    TimeoutNow,
     /// A follower forwards a batch of client commands to the leader. Term-less (sent with term 0).
     Propose {
         request_id: u64,
@@ -184,6 +230,7 @@ impl MessageBody {
             MessageBody::Heartbeat { .. } => "Heartbeat",
             MessageBody::HeartbeatResponse { .. } => "HeartbeatResponse",
             MessageBody::InstallSnapshot { .. } => "InstallSnapshot",
+            MessageBody::TimeoutNow => "TimeoutNow",
             MessageBody::Propose { .. } => "Propose",
             MessageBody::ProposeResponse { .. } => "ProposeResponse",
             MessageBody::ReadIndex { .. } => "ReadIndex",

@@ -53,19 +53,21 @@
 //!   check-quorum, whose followers refuse votes for an election timeout after hearing from the leader (and,
 //!   once restarted, after booting).
 //! - Forwarded proposals from followers ([`MessageBody::Propose`]).
-//! - A log that may start after index 1 (entries before it compacted into a snapshot).
+//! - A log that may start after index 1 (entries before it compacted into a snapshot); snapshots and
+//!   `InstallSnapshot` (paper §7), see `snapshot.rs`.
+//! - Membership changes one server at a time, learners, and leadership transfer (thesis §4.1, §3.10), see
+//!   `membership.rs`.
 //!
 //! Invariants are `assert!`s with messages: the term never decreases, the vote never changes within a term,
 //! the commit index never decreases and never truncates, applied ≤ commit.
 //!
 //! # Not yet
-//! - Snapshots: compaction and InstallSnapshot (a follower behind the first index is marked as needing a
-//!   snapshot and logged; nothing compacts the log yet).
-//! - Membership changes and leadership transfer: the voter set is fixed at construction. (A leadership
-//!   transfer must end the old leader's lease before the new one is elected.)
+//! - The server does not use membership changes or leadership transfer yet (no admin API, `--join` or
+//!   graceful shutdown), and its snapshot files do not record the membership.
 
 mod leader;
 mod log;
+mod membership;
 mod message;
 mod node;
 mod progress;

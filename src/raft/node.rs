@@ -73,9 +73,8 @@ impl Config {
         if self.voters.contains(&0) {
             return Err("voter ids must be non-zero".into());
         }
-        if !self.voters.contains(&self.id) {
-            return Err(format!("node {} is not among the voters", self.id));
-        }
+        // A node outside `voters` (one joining a running cluster) never campaigns until a configuration
+        // entry makes it a voter.
         if self.heartbeat_ticks == 0 || self.election_ticks <= self.heartbeat_ticks {
             return Err(format!(
                 "election ticks ({}) must exceed heartbeat ticks ({}) which must be at least 1",
@@ -108,6 +107,9 @@ pub struct InitialState {
     pub entries: Vec<Entry>,
     /// Entries up to here are already reflected in the state machine (at least `snapshot_index`).
     pub applied: Index,
+    /// The membership the snapshot recorded, with the driver's context (`None`: no snapshot, or one from
+    /// before membership changes: the configuration's `voters` apply until the log says otherwise).
+    pub snapshot_membership: Option<(Membership, Vec<u8>)>,
 }
 
 /// The role a node plays now.
@@ -127,8 +129,11 @@ pub enum RequestError {
     /// The leader changed while a forwarded request was in flight. A proposal may or may not have been
     /// appended: only an idempotent retry is safe.
     LeaderChanged,
-    /// Too many requests pending; nothing was appended.
+    /// Too many requests pending, or a leadership transfer under way; nothing was appended.
     Busy,
+    /// A membership change or leadership transfer that cannot be made (the reason says why); nothing was
+    /// appended.
+    Refused(String),
 }
 
 impl From<RemoteError> for RequestError {
@@ -179,12 +184,16 @@ pub struct Ready {
     /// machine becomes the snapshot's; storage restarts after it, keeping the hard state) before
     /// persisting `entries` and before sending `messages`.
     pub snapshot: Option<SnapshotMeta>,
+    /// The membership in effect changed (an entry appended or truncated, a snapshot installed): the new one
+    /// and its context, for the driver to connect to new members and drop removed ones.
+    pub membership: Option<(Membership, Vec<u8>)>,
 }
 
 impl Ready {
     pub fn is_empty(&self) -> bool {
         self.hard_state.is_none()
             && self.snapshot.is_none()
+            && self.membership.is_none()
             && self.entries.is_empty()
             && self.messages.is_empty()
             && self.committed.is_empty()
@@ -229,6 +238,15 @@ pub struct Raft {
     pub(super) snapshot: SnapshotMeta,
     /// A snapshot accepted from the leader, to hand out in the next `Ready`.
     pub(super) pending_snapshot: Option<SnapshotMeta>,
+    /// The membership in effect: the latest configuration entry in the log, else the snapshot's, else the
+    /// configuration's voters (thesis §4.1: a server uses the latest configuration in its log).
+    pub(super) membership: Membership,
+    pub(super) membership_context: Vec<u8>,
+    /// Index of the entry that set `membership` (0: it came from the snapshot or the configuration).
+    pub(super) membership_index: Index,
+    /// The membership at the snapshot's index, with its context.
+    pub(super) snapshot_membership: (Membership, Vec<u8>),
+    pub(super) membership_changed: bool,
     pub(super) rng: Rng,
     pub(super) msgs: Vec<Message>,
     pub(super) proposed: Vec<Proposed>,
@@ -274,6 +292,19 @@ impl Raft {
                 term: init.snapshot_term,
             },
             pending_snapshot: None,
+            membership: Membership::default(),
+            membership_context: Vec::new(),
+            membership_index: 0,
+            snapshot_membership: init.snapshot_membership.clone().unwrap_or_else(|| {
+                (
+                    Membership {
+                        voters: cfg.voters.clone(),
+                        learners: Default::default(),
+                    },
+                    Vec::new(),
+                )
+            }),
+            membership_changed: false,
             rng: Rng::new(seed),
             msgs: Vec::new(),
             proposed: Vec::new(),
@@ -290,6 +321,8 @@ impl Raft {
             handed: None,
         };
         r.reset_election_timer();
+        r.refresh_membership();
+        r.membership_changed = true;
         info!(
             "[n{} t{}] starting as follower: last index {}, commit {}",
             r.id,
@@ -347,10 +380,18 @@ impl Raft {
         }
     }
     pub(super) fn quorum(&self) -> usize {
-        self.cfg.voters.len() / 2 + 1
+        self.membership.voters.len() / 2 + 1
     }
+    /// Every other member (voters and learners): who the leader replicates to.
     pub(super) fn peers(&self) -> Vec<NodeId> {
-        self.cfg
+        self.membership
+            .members()
+            .filter(|&v| v != self.id)
+            .collect()
+    }
+    /// Every other voter: who a candidate asks for votes.
+    pub(super) fn voter_peers(&self) -> Vec<NodeId> {
+        self.membership
             .voters
             .iter()
             .copied()
@@ -368,7 +409,7 @@ impl Raft {
             return;
         }
         self.election_elapsed += 1;
-        if self.election_elapsed >= self.randomized_timeout && self.cfg.voters.contains(&self.id) {
+        if self.election_elapsed >= self.randomized_timeout && self.promotable() {
             self.campaign();
         }
     }
@@ -453,6 +494,7 @@ impl Raft {
             MessageBody::Vote {
                 last_index,
                 last_term,
+                ..
             } => self.handle_vote_request(m.from, m.term, false, last_index, last_term),
             MessageBody::PreVoteResponse { granted } => {
                 self.handle_vote_response(m.from, true, granted)
@@ -488,10 +530,20 @@ impl Raft {
             MessageBody::HeartbeatResponse { read_seq } => {
                 self.handle_heartbeat_response(m.from, read_seq)
             }
-            MessageBody::InstallSnapshot { index, last_term } => {
+            MessageBody::TimeoutNow => self.handle_timeout_now(m.from),
+            MessageBody::InstallSnapshot {
+                index,
+                last_term,
+                membership,
+                context,
+            } => {
                 if self.become_follower_of(m.from) {
                     self.election_elapsed = 0;
-                    self.handle_install_snapshot(m.from, index, last_term);
+                    let meta = SnapshotMeta {
+                        index,
+                        term: last_term,
+                    };
+                    self.handle_install_snapshot(m.from, meta, (membership, context));
                 }
             }
             MessageBody::Propose { .. }
@@ -516,7 +568,10 @@ impl Raft {
             && self.election_elapsed < self.cfg.election_ticks;
         if m.term > self.term {
             match m.body {
-                MessageBody::PreVote { .. } | MessageBody::Vote { .. } if in_lease => {
+                MessageBody::PreVote { .. }
+                | MessageBody::Vote {
+                    transfer: false, ..
+                } if in_lease => {
                     // §4.2.3: we heard from a live leader within the minimum election timeout, so this
                     // candidate (perhaps a removed or partitioned server) must not disrupt it.
                     debug!(
@@ -614,7 +669,7 @@ impl Raft {
         if self.cfg.pre_vote {
             self.become_pre_candidate();
         } else {
-            self.become_candidate();
+            self.become_candidate(false);
         }
     }
 
@@ -631,7 +686,7 @@ impl Raft {
         };
         self.reset_election_timer();
         let (last_index, last_term) = (self.log.last_index(), self.log.last_term());
-        for p in self.peers() {
+        for p in self.voter_peers() {
             self.send(
                 p,
                 self.term + 1,
@@ -644,7 +699,7 @@ impl Raft {
         self.tally(true);
     }
 
-    fn become_candidate(&mut self) {
+    pub(super) fn become_candidate(&mut self, transfer: bool) {
         self.set_term(self.term + 1);
         self.set_vote(self.id);
         self.set_leader(None);
@@ -656,13 +711,14 @@ impl Raft {
         let (last_index, last_term) = (self.log.last_index(), self.log.last_term());
         // The vote for ourselves is in the hard state of the next Ready, and the driver persists it before
         // sending these requests (persist-before-send rule).
-        for p in self.peers() {
+        for p in self.voter_peers() {
             self.send(
                 p,
                 self.term,
                 MessageBody::Vote {
                     last_index,
                     last_term,
+                    transfer,
                 },
             );
         }
@@ -749,15 +805,15 @@ impl Raft {
         };
         let granted = votes
             .iter()
-            .filter(|(id, g)| **g && self.cfg.voters.contains(id))
+            .filter(|(id, g)| **g && self.membership.voters.contains(id))
             .count();
         let rejected = votes
             .iter()
-            .filter(|(id, g)| !**g && self.cfg.voters.contains(id))
+            .filter(|(id, g)| !**g && self.membership.voters.contains(id))
             .count();
         if granted >= self.quorum() {
             if pre {
-                self.become_candidate();
+                self.become_candidate(false);
             } else {
                 self.become_leader();
             }
@@ -824,7 +880,13 @@ impl Raft {
             return;
         }
         // Rules 3 and 4: truncate at the first conflict, append what is new.
+        let config = entries
+            .iter()
+            .any(|e| matches!(e.kind, EntryKind::Config { .. }));
         let last_new = self.log.merge(prev_index, entries);
+        if config || !self.membership_entry_held() {
+            self.refresh_membership();
+        }
         // Rule 5: commit = min(leaderCommit, index of last new entry).
         self.log.commit_to(commit.min(last_new));
         self.send(
@@ -964,6 +1026,7 @@ impl Raft {
             || !self.proposed.is_empty()
             || !self.reads.is_empty()
             || self.pending_snapshot.is_some()
+            || self.membership_changed
             || self.log.has_entries_to_apply()
             || self.leader_has_pending_flush()
     }
@@ -975,6 +1038,7 @@ impl Raft {
             self.handed.is_none(),
             "ready() called twice without advance()"
         );
+        self.maybe_step_down_removed();
         self.leader_flush();
         let hs = self.hard_state();
         let entries = self.log.unstable_entries().to_vec();
@@ -983,6 +1047,8 @@ impl Raft {
         let hard_state = (hs != self.last_hard_state).then_some(hs);
         self.last_hard_state = hs;
         let snapshot = self.pending_snapshot.take();
+        let membership = std::mem::take(&mut self.membership_changed)
+            .then(|| (self.membership.clone(), self.membership_context.clone()));
         let committed = self.log.entries_to_apply(self.cfg.max_apply_bytes);
         let applied = committed.last().map(|e| e.index).unwrap_or(0);
         self.log.handed_to(applied);
@@ -994,6 +1060,7 @@ impl Raft {
             hard_state,
             must_sync: term_or_vote_changed || !entries.is_empty() || snapshot.is_some(),
             snapshot,
+            membership,
             entries,
             messages: std::mem::take(&mut self.msgs),
             committed,

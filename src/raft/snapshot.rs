@@ -33,6 +33,12 @@ impl Raft {
         self.snapshot
     }
 
+    /// The membership at the newest snapshot's index, with its context (what a snapshot file must record
+    /// for a restart, and what `InstallSnapshot` carries).
+    pub fn snapshot_membership(&self) -> (&Membership, &[u8]) {
+        (&self.snapshot_membership.0, &self.snapshot_membership.1)
+    }
+
     /// The driver made a snapshot of the state machine at `index` durable: remember it as the one to send,
     /// and drop the entries up to `index - keep` (the `keep` entries before the snapshot stay so a follower
     /// slightly behind catches up from the log rather than by snapshot). `index` must be applied.
@@ -51,6 +57,8 @@ impl Raft {
             .term(index)
             .ok_or_else(|| format!("snapshot at {index}: entry not in the log"))?;
         self.snapshot = SnapshotMeta { index, term };
+        let (m, context, _) = self.membership_at(index);
+        self.snapshot_membership = (m, context);
         let mut through = index.saturating_sub(keep);
         if let RoleState::Leader(ls) = &self.role {
             // A follower receiving an older snapshot will need the entries after it: keep them, or it
@@ -91,7 +99,13 @@ impl Raft {
     }
 
     /// Paper §7, InstallSnapshot receiver rules (the data already arrived whole through the driver).
-    pub(super) fn handle_install_snapshot(&mut self, from: NodeId, index: Index, last_term: Term) {
+    pub(super) fn handle_install_snapshot(
+        &mut self,
+        from: NodeId,
+        meta: SnapshotMeta,
+        membership: (Membership, Vec<u8>),
+    ) {
+        let (index, last_term) = (meta.index, meta.term);
         let committed = self.log.committed();
         if index <= committed {
             // Nothing to install: everything committed matches the leader's log (Leader Completeness).
@@ -112,11 +126,9 @@ impl Raft {
             self.log.last_index()
         );
         self.log.restore(index, last_term);
-        let meta = SnapshotMeta {
-            index,
-            term: last_term,
-        };
         self.snapshot = meta;
+        self.snapshot_membership = membership;
+        self.refresh_membership();
         self.pending_snapshot = Some(meta);
         self.send_append_ok(from, index);
     }

@@ -458,6 +458,11 @@ impl RaftLoop {
                             }
                         }
                     }
+                    EntryKind::Config { .. } => {
+                        self.kv.set_applied(e.index);
+                        let done = ApplyResult::Ok { index: e.index };
+                        self.finish_writes(e.index, e.term, &done);
+                    }
                     EntryKind::Command(data) => {
                         let result = self.kv.apply(e.index, &data);
                         self.finish_writes(e.index, e.term, &result);
@@ -776,6 +781,7 @@ impl RaftLoop {
             },
             RequestError::LeaderChanged => ApiError::LeaderChanged,
             RequestError::Busy => ApiError::Busy,
+            RequestError::Refused(why) => ApiError::BadRequest(why),
         }
     }
 

@@ -116,6 +116,7 @@ pub(super) fn recover(cfg: &NodeConfig) -> Result<Recovered, String> {
             snapshot_term: snap_term,
             entries,
             applied: snap_index,
+            snapshot_membership: None,
         },
         kv,
         store,

@@ -170,7 +170,7 @@ impl RaftLoop {
 
     /// Sends a message, except `InstallSnapshot`, which becomes a snapshot transfer.
     pub(super) fn send_message(&mut self, m: Message) {
-        let MessageBody::InstallSnapshot { index, last_term } = m.body else {
+        let MessageBody::InstallSnapshot { index, .. } = m.body else {
             self.transport.send(m);
             return;
         };
@@ -193,13 +193,7 @@ impl RaftLoop {
         };
         self.snaps.sending.insert(m.to);
         self.transport.send_snapshot(
-            OutgoingSnapshot {
-                to: m.to,
-                term: m.term,
-                index,
-                last_term,
-                path,
-            },
+            OutgoingSnapshot { message: m, path },
             self.snaps.sent_tx.clone(),
         );
     }

@@ -58,10 +58,12 @@ pub fn encode_into(w: &mut Writer, m: &Message) {
         MessageBody::Vote {
             last_index,
             last_term,
+            transfer,
         } => {
             w.u8(3);
             w.u64(*last_index);
             w.u64(*last_term);
+            w.bool(*transfer);
         }
         MessageBody::VoteResponse { granted } => {
             w.u8(4);
@@ -103,11 +105,19 @@ pub fn encode_into(w: &mut Writer, m: &Message) {
             w.u8(8);
             w.u64(*read_seq);
         }
-        MessageBody::InstallSnapshot { index, last_term } => {
+        MessageBody::InstallSnapshot {
+            index,
+            last_term,
+            membership,
+            context,
+        } => {
             w.u8(13);
             w.u64(*index);
             w.u64(*last_term);
+            w.membership(membership);
+            w.bytes(context);
         }
+        MessageBody::TimeoutNow => w.u8(14),
         MessageBody::Propose {
             request_id,
             commands,
@@ -170,6 +180,7 @@ pub fn decode_message(buf: &[u8]) -> Result<Message, DecodeError> {
         3 => MessageBody::Vote {
             last_index: r.u64()?,
             last_term: r.u64()?,
+            transfer: r.bool()?,
         },
         4 => MessageBody::VoteResponse { granted: r.bool()? },
         5 => {
@@ -208,7 +219,10 @@ pub fn decode_message(buf: &[u8]) -> Result<Message, DecodeError> {
         13 => MessageBody::InstallSnapshot {
             index: r.u64()?,
             last_term: r.u64()?,
+            membership: r.membership()?,
+            context: r.bytes()?,
         },
+        14 => MessageBody::TimeoutNow,
         9 => {
             let request_id = r.u64()?;
             let n = r.count(4)?;
@@ -268,8 +282,10 @@ mod tests {
             MessageBody::Vote {
                 last_index: 1,
                 last_term: 1,
+                transfer: true,
             },
             MessageBody::VoteResponse { granted: false },
+            MessageBody::TimeoutNow,
             MessageBody::Append {
                 prev_index: 3,
                 prev_term: 1,
@@ -306,6 +322,11 @@ mod tests {
             MessageBody::InstallSnapshot {
                 index: 40,
                 last_term: 3,
+                membership: crate::raft::Membership {
+                    voters: [1, 2, 3].into(),
+                    learners: [4].into(),
+                },
+                context: b"addresses".to_vec(),
             },
             MessageBody::Propose {
                 request_id: 77,

@@ -3,7 +3,7 @@
 //! Wire format, after the handshake frame (whose kind byte is 1):
 //!
 //! ```text
-//! header frame: term u64 | index u64 | last_term u64 | total length u64        (all little-endian)
+//! header frame: total length u64 (little-endian) | the InstallSnapshot message (codec-encoded)
 //! data frames:  the file's bytes, at most CHUNK bytes each, in order
 //! end frame:    an empty frame
 //! ```
@@ -26,7 +26,7 @@
 use super::{
     connect, handshake, write_frame, Frame, FrameReader, Shared, Transport, KIND_SNAPSHOT,
 };
-use crate::raft::{Index, Message, MessageBody, NodeId, Term};
+use crate::raft::{Index, Message, MessageBody, NodeId};
 use crossbeam_channel::Sender;
 use log::{info, warn};
 use std::fs::File;
@@ -55,21 +55,26 @@ pub struct SnapshotSent {
     pub ok: bool,
 }
 
-/// The snapshot being sent and what it covers.
+/// The snapshot being sent: the core's `InstallSnapshot` message and the file it names.
 #[derive(Debug, Clone)]
 pub struct OutgoingSnapshot {
-    pub to: NodeId,
-    /// The leader's term (the receiver's core checks it).
-    pub term: Term,
-    pub index: Index,
-    pub last_term: Term,
+    pub message: Message,
     pub path: PathBuf,
+}
+
+impl OutgoingSnapshot {
+    fn index(&self) -> Index {
+        match self.message.body {
+            MessageBody::InstallSnapshot { index, .. } => index,
+            _ => 0,
+        }
+    }
 }
 
 impl Transport {
     /// Streams a snapshot file to a peer on a thread of its own; the end is reported on `done`.
     pub fn send_snapshot(&self, snap: OutgoingSnapshot, done: Sender<SnapshotSent>) {
-        let (to, index) = (snap.to, snap.index);
+        let (to, index) = (snap.message.to, snap.index());
         let sh = self.shared.clone();
         let report = done.clone();
         let spawned = std::thread::Builder::new()
@@ -103,10 +108,11 @@ impl Transport {
 
 fn send(sh: &Shared, snap: &OutgoingSnapshot) -> Result<u64, String> {
     let cfg = &sh.cfg;
+    let to = snap.message.to;
     let addr = cfg
         .peers
-        .get(&snap.to)
-        .ok_or_else(|| format!("node {} is not a peer", snap.to))?;
+        .get(&to)
+        .ok_or_else(|| format!("node {to} is not a peer"))?;
     let mut file =
         File::open(&snap.path).map_err(|e| format!("open {}: {e}", snap.path.display()))?;
     let total = file
@@ -115,10 +121,8 @@ fn send(sh: &Shared, snap: &OutgoingSnapshot) -> Result<u64, String> {
         .len();
     let hello = handshake(&cfg.cluster, cfg.node_id, cfg.advertise_http, KIND_SNAPSHOT);
     let mut w = connect(addr, cfg, &hello).map_err(|e| format!("connect to {addr}: {e}"))?;
-    let mut header = Vec::with_capacity(32);
-    for v in [snap.term, snap.index, snap.last_term, total] {
-        header.extend_from_slice(&v.to_le_bytes());
-    }
+    let mut header = total.to_le_bytes().to_vec();
+    header.extend_from_slice(&super::codec::encode_message(&snap.message));
     write_frame(&mut w, &header).map_err(|e| e.to_string())?;
     let mut buf = vec![0u8; CHUNK];
     let mut sent = 0u64;
@@ -169,42 +173,50 @@ pub(super) fn receive(
     let ok = result.is_ok();
     let _ = stream.write_all(&[u8::from(ok)]);
     match result {
-        Ok((term, index, last_term, bytes)) => {
-            info!("transport: snapshot at {index} from node {from} ({addr}): {bytes} bytes");
-            let msg = Message {
-                from,
-                to: sh.cfg.node_id,
-                term,
-                body: MessageBody::InstallSnapshot { index, last_term },
-            };
+        Ok((msg, bytes)) => {
+            info!(
+                "transport: {} from node {from} ({addr}): {bytes} bytes",
+                msg.body.name()
+            );
             let _ = inbound.send(msg);
         }
         Err(e) => warn!("transport: snapshot from node {from} ({addr}) refused: {e}"),
     }
 }
 
-/// Writes the streamed file to disk; returns (term, index, last_term, bytes).
+/// Writes the streamed file to disk; returns the message to hand the node and the file's size.
 fn receive_file(
     sh: &Shared,
     stream: &mut TcpStream,
     frames: &mut FrameReader,
     from: NodeId,
-) -> Result<(Term, Index, Term, u64), String> {
+) -> Result<(Message, u64), String> {
     let cfg = &sh.cfg;
     let dir = cfg
         .snapshot_dir
         .as_ref()
         .ok_or("this node takes no snapshots")?;
     let header = next_frame(sh, stream, frames)?;
-    if header.len() != 32 {
+    if header.len() < 8 {
         return Err(format!("snapshot header of {} bytes", header.len()));
     }
-    let field = |k: usize| {
-        let mut b = [0u8; 8];
-        b.copy_from_slice(&header[k * 8..k * 8 + 8]);
-        u64::from_le_bytes(b)
+    let mut len = [0u8; 8];
+    len.copy_from_slice(&header[..8]);
+    let total = u64::from_le_bytes(len);
+    let msg = super::codec::decode_message(&header[8..]).map_err(|e| e.to_string())?;
+    let MessageBody::InstallSnapshot {
+        index, last_term, ..
+    } = msg.body
+    else {
+        return Err(format!("a {} instead of InstallSnapshot", msg.body.name()));
     };
-    let (term, index, last_term, total) = (field(0), field(1), field(2), field(3));
+    let term = msg.term;
+    if msg.from != from || msg.to != cfg.node_id {
+        return Err(format!(
+            "message from {} to {} on node {from}'s connection",
+            msg.from, msg.to
+        ));
+    }
     if total > cfg.max_snapshot_size {
         return Err(format!(
             "snapshot of {total} bytes exceeds the limit of {}",
@@ -230,7 +242,7 @@ fn receive_file(
     File::open(dir)
         .and_then(|d| d.sync_all())
         .map_err(|e| format!("fsync {}: {e}", dir.display()))?;
-    Ok((term, index, last_term, total))
+    Ok((msg, total))
 }
 
 fn write_file(

@@ -60,6 +60,8 @@ impl Disk {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SimSnapshot {
     pub meta: SnapshotMeta,
+    /// The membership at `meta.index`, with its context.
+    pub membership: (Membership, Vec<u8>),
     pub applied: Vec<(Index, Term, Vec<u8>)>,
 }
 
@@ -114,6 +116,8 @@ pub struct Sim {
     /// When false, messages are held until `deliver_all` (scripted scenarios).
     pub auto_deliver: bool,
     cfg: Box<dyn Fn(&mut Config)>,
+    /// The voters every node boots with (before its log says otherwise); all nodes by default.
+    pub initial_voters: BTreeSet<NodeId>,
     pub trace: Option<Vec<String>>,
     /// Print every trace line to stderr (set `TRACE=1` when replaying a seed).
     pub print_trace: bool,
@@ -153,6 +157,8 @@ pub struct Stats {
     pub lease_reads: u64,
     pub snapshots: u64,
     pub snapshots_installed: u64,
+    /// Membership changes appended.
+    pub membership_changes: u64,
     /// AppendResponse rejections delivered.
     pub append_rejects: u64,
 }
@@ -161,13 +167,28 @@ fn command_of(e: &Entry) -> Vec<u8> {
     match &e.kind {
         EntryKind::Noop => Vec::new(),
         EntryKind::Command(c) => c.clone(),
+        EntryKind::Config {
+            membership,
+            context,
+        } => format!("config {membership:?} {context:?}").into_bytes(),
     }
 }
 
 impl Sim {
     /// `n` nodes with ids 1..=n. `tune` adjusts each node's config.
     pub fn new(n: u64, seed: u64, tune: impl Fn(&mut Config) + 'static) -> Sim {
+        Self::with_voters(n, (1..=n).collect(), seed, tune)
+    }
+
+    /// `n` nodes of which only `voters` form the initial cluster; the others wait to be added.
+    pub fn with_voters(
+        n: u64,
+        voters: BTreeSet<NodeId>,
+        seed: u64,
+        tune: impl Fn(&mut Config) + 'static,
+    ) -> Sim {
         let mut sim = Sim {
+            initial_voters: voters,
             nodes: BTreeMap::new(),
             now: 0,
             rng: Rng::new(seed),
@@ -221,8 +242,7 @@ impl Sim {
     }
 
     fn boot(&mut self, id: NodeId) {
-        let voters: Vec<NodeId> = self.ids();
-        let mut cfg = Config::new(id, voters);
+        let mut cfg = Config::new(id, self.initial_voters.iter().copied());
         (self.cfg)(&mut cfg);
         let node = self.nodes.get_mut(&id).unwrap();
         let meta = node
@@ -243,6 +263,7 @@ impl Sim {
                 .cloned()
                 .collect(),
             applied: meta.index,
+            snapshot_membership: node.disk.snapshot.as_ref().map(|s| s.membership.clone()),
         };
         node.restarts += 1;
         let node_seed = self.seed ^ (id << 32) ^ node.restarts.wrapping_mul(0x9E37_79B9);
@@ -352,6 +373,29 @@ impl Sim {
         r
     }
 
+    /// Asks node `id` for a membership change; returns the request id (its outcome is `Written` once the
+    /// configuration entry is applied there, or `Failed` with the reason).
+    pub fn change_membership(&mut self, id: NodeId, change: MembershipChange) -> u64 {
+        let r = self.next_request;
+        self.next_request += 1;
+        self.events += 1;
+        self.requests.insert(r, (id, self.events, None));
+        self.log(format!("n{id}: membership change {change:?} (r{r})"));
+        match self.nodes.get_mut(&id).unwrap().raft.as_mut() {
+            Some(raft) => raft.propose_membership(r, change, Vec::new()),
+            None => {
+                self.outcomes
+                    .insert(r, Outcome::Failed(RequestError::NotLeader { leader: None }));
+                return r;
+            }
+        }
+        self.process(id);
+        if !matches!(self.outcomes.get(&r), Some(Outcome::Failed(_))) {
+            self.stats.membership_changes += 1;
+        }
+        r
+    }
+
     /// Starts `n` linearizable reads on `id` in one driver turn; returns their request ids.
     pub fn read_batch(&mut self, id: NodeId, n: usize) -> Vec<u64> {
         let mut ids = Vec::new();
@@ -452,11 +496,13 @@ impl Sim {
             return;
         }
         let term = raft.log().term(index).expect("applied entry held");
+        raft.compact(index, policy.keep).expect("compact");
+        let (m, c) = raft.snapshot_membership();
         let snap = SimSnapshot {
             meta: SnapshotMeta { index, term },
+            membership: (m.clone(), c.to_vec()),
             applied: node.applied.clone(),
         };
-        raft.compact(index, policy.keep).expect("compact");
         let through = index.saturating_sub(policy.keep);
         node.disk.entries.retain(|e| e.index > through);
         node.disk.snapshot = Some(snap.clone());
@@ -592,8 +638,8 @@ impl Sim {
                 "apply out of order on n{id}"
             );
             node.applied_index = e.index;
-            if let EntryKind::Command(c) = &e.kind {
-                node.applied.push((e.index, e.term, c.clone()));
+            if matches!(e.kind, EntryKind::Command(_) | EntryKind::Config { .. }) {
+                node.applied.push((e.index, e.term, command_of(e)));
             }
         }
         // 4. Answer clients.
@@ -637,7 +683,10 @@ impl Sim {
                     .iter()
                     .rev()
                     .find(|(i, _, _)| i == index)
-                    .is_some_and(|(_, t, c)| t == term && c == data);
+                    // A membership change (no data) matches the configuration entry at its index.
+                    .is_some_and(|(_, t, c)| {
+                        t == term && (c == data || (data.is_empty() && c.starts_with(b"config")))
+                    });
                 done.push((
                     r,
                     if ok {
@@ -997,7 +1046,9 @@ impl Sim {
                     .iter()
                     .find(|(i, _, _)| i == index)
                     .ok_or(format!("acknowledged write {r} at {index} missing"))?;
-                let want = self.requests[r].2.as_ref().unwrap();
+                let Some(want) = self.requests[r].2.as_ref() else {
+                    continue; // a membership change
+                };
                 if t != term || c != want || i != index {
                     return Err(format!("acknowledged write {r} at {index} replaced"));
                 }
@@ -1050,7 +1101,12 @@ pub fn short(b: &MessageBody) -> String {
         MessageBody::Vote {
             last_index,
             last_term,
-        } => format!("Vote last={last_index}/t{last_term}"),
+            transfer,
+        } => format!(
+            "Vote last={last_index}/t{last_term}{}",
+            if *transfer { " transfer" } else { "" }
+        ),
+        MessageBody::TimeoutNow => "TimeoutNow".to_string(),
         MessageBody::PreVoteResponse { granted } => format!("PreVoteResponse granted={granted}"),
         MessageBody::VoteResponse { granted } => format!("VoteResponse granted={granted}"),
         MessageBody::Append {
@@ -1085,7 +1141,9 @@ pub fn short(b: &MessageBody) -> String {
         MessageBody::HeartbeatResponse { read_seq } => {
             format!("HeartbeatResponse read_seq={read_seq}")
         }
-        MessageBody::InstallSnapshot { index, last_term } => {
+        MessageBody::InstallSnapshot {
+            index, last_term, ..
+        } => {
             format!("InstallSnapshot {index}/t{last_term}")
         }
         MessageBody::Propose {
