@@ -66,7 +66,7 @@ pub fn parse_cluster(spec: &str) -> Result<Vec<Member>, String> {
 }
 
 /// Checks the shape `host:port` or `:port` (port 1-65535).
-fn check_addr(addr: &str) -> Result<(), String> {
+pub fn check_addr(addr: &str) -> Result<(), String> {
     let (host, port) = addr
         .rsplit_once(':')
         .ok_or_else(|| format!("address {addr:?} must be \"host:port\" or \":port\""))?;
@@ -139,6 +139,11 @@ pub struct NodeConfig {
     pub log_keep_entries: u64,
     /// Size at which the WAL starts a new segment file (segments are deleted whole).
     pub wal_segment_bytes: u64,
+    /// The voters before the log says otherwise (default: every member). A node joining a running cluster
+    /// is not among them, so it never campaigns until it is promoted.
+    pub bootstrap_voters: Option<std::collections::BTreeSet<u64>>,
+    /// `--join URL`: after starting, ask the cluster there to add this node.
+    pub join: Option<String>,
 }
 
 impl NodeConfig {
@@ -167,6 +172,8 @@ impl NodeConfig {
             snapshots_kept: 2,
             log_keep_entries: 5_000,
             wal_segment_bytes: 16 << 20,
+            bootstrap_voters: None,
+            join: None,
         }
     }
 

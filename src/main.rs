@@ -68,14 +68,24 @@ struct CheckArgs {
 #[derive(Args, Debug)]
 struct NodeArgs {
     /// 0-based index into --cluster of the entry that is this node.
-    #[arg(long, required = true)]
+    #[arg(long, required_unless_present = "join")]
     node: Option<usize>,
     /// HTTP API address: ":2021" (all interfaces) or "host:port".
     #[arg(long, required = true)]
     http: Option<String>,
     /// Members as "raft_id,raft_addr" entries separated by ';', e.g. "1,:3031;2,:3032;3,:3033".
-    #[arg(long, required = true)]
+    #[arg(long, required_unless_present = "join")]
     cluster: Option<String>,
+    /// Join a running cluster through any member's HTTP address, e.g. http://127.0.0.1:2021 (with --id and
+    /// --raft instead of --node and --cluster). The node is added as a learner and promoted once caught up.
+    #[arg(long, conflicts_with_all = ["node", "cluster"], requires_all = ["id", "raft"])]
+    join: Option<String>,
+    /// This node's id, with --join.
+    #[arg(long, requires = "join")]
+    id: Option<u64>,
+    /// This node's Raft address, with --join: ":3034" or "host:port".
+    #[arg(long, requires = "join")]
+    raft: Option<String>,
     /// Data directory (created if missing). Default: ./nimbus-data-ID, ID being this node's raft id.
     #[arg(long)]
     data_dir: Option<PathBuf>,
@@ -114,9 +124,19 @@ struct NodeArgs {
     wal_segment_bytes: u64,
 }
 
-fn build_config(cli: NodeArgs) -> Result<NodeConfig, String> {
+fn build_config(mut cli: NodeArgs) -> Result<NodeConfig, String> {
+    let mut bootstrap_voters = None;
+    if let Some(url) = cli.join.clone() {
+        let (cluster, node, voters) =
+            hash_nimbus::server::join::discover(&url, cli.id, cli.raft.as_deref())?;
+        cli.cluster = Some(cluster);
+        cli.node = Some(node);
+        bootstrap_voters = Some(voters);
+    }
     let (Some(node), Some(http), Some(cluster)) = (cli.node, cli.http, cli.cluster) else {
-        return Err("--node, --http and --cluster are required".into());
+        return Err(
+            "--node, --http and --cluster are required (or --join, --id, --raft and --http)".into(),
+        );
     };
     let members = parse_cluster(&cluster)?;
     let me = members.get(node).ok_or_else(|| {
@@ -151,6 +171,8 @@ fn build_config(cli: NodeArgs) -> Result<NodeConfig, String> {
     cfg.snapshots_kept = cli.snapshots_kept;
     cfg.log_keep_entries = cli.log_keep_entries;
     cfg.wal_segment_bytes = cli.wal_segment_bytes;
+    cfg.bootstrap_voters = bootstrap_voters;
+    cfg.join = cli.join;
     cfg.validate()?;
     Ok(cfg)
 }

@@ -39,6 +39,13 @@ impl Raft {
         &self.membership_context
     }
 
+    /// The membership in effect at `index` (at least the snapshot's index), with its context: what a
+    /// snapshot taken at `index` must record.
+    pub fn membership_at_index(&self, index: Index) -> (Membership, Vec<u8>) {
+        let (m, c, _) = self.membership_at(index);
+        (m, c)
+    }
+
     /// Whether the membership in effect is committed (no change under way).
     pub fn membership_committed(&self) -> bool {
         self.membership_index <= self.log.committed()

@@ -62,8 +62,7 @@
 //! the commit index never decreases and never truncates, applied ≤ commit.
 //!
 //! # Not yet
-//! - The server does not use membership changes or leadership transfer yet (no admin API, `--join` or
-//!   graceful shutdown), and its snapshot files do not record the membership.
+//! - Nothing the server needs; see the open issues for what else is planned.
 
 mod leader;
 mod log;

@@ -41,6 +41,26 @@ pub enum ClientRequest {
     Status {
         reply: Sender<serde_json::Value>,
     },
+    /// A membership change (leader only; the HTTP layer forwards it to the leader). `addrs` are the new
+    /// member's, for `AddLearner`. Answered once the configuration entry is applied.
+    Membership {
+        change: crate::raft::MembershipChange,
+        addrs: Option<super::cluster::Addrs>,
+        /// Promote the learner automatically once it has caught up.
+        auto_promote: bool,
+        reply: Sender<Result<WriteOk, ApiError>>,
+    },
+    /// Hand leadership to a voter (leader only). Answered when the transfer starts.
+    Transfer {
+        target: NodeId,
+        reply: Sender<Result<(), ApiError>>,
+    },
+    /// The members, their addresses and, on the leader, their progress.
+    Cluster {
+        reply: Sender<serde_json::Value>,
+    },
+    /// Leave gracefully: a leader hands leadership over first; then the Raft thread stops.
+    Shutdown,
 }
 
 /// What a read looks at.
@@ -89,6 +109,8 @@ pub enum ApiError {
     MethodNotAllowed(String),
     TooLarge(String),
     NotFound(String),
+    /// The request conflicts with the cluster's state (e.g. a membership change already under way).
+    Conflict(String),
     /// A condition did not hold; nothing changed. The key's current modify index (None: absent).
     PreconditionFailed {
         current: Option<Index>,
@@ -121,6 +143,7 @@ impl ApiError {
             ApiError::MethodNotAllowed(_) => (405, "method_not_allowed"),
             ApiError::TooLarge(_) => (413, "too_large"),
             ApiError::NotFound(_) => (404, "not_found"),
+            ApiError::Conflict(_) => (409, "conflict"),
             ApiError::PreconditionFailed { .. } => (412, "precondition_failed"),
             ApiError::NoLeader => (503, "no_leader"),
             ApiError::NotLeader { .. } => (503, "not_leader"),
@@ -146,6 +169,7 @@ impl ApiError {
             | ApiError::MethodNotAllowed(m)
             | ApiError::TooLarge(m)
             | ApiError::NotFound(m)
+            | ApiError::Conflict(m)
             | ApiError::Internal(m) => m.clone(),
             ApiError::NoLeader => {
                 "no leader is known right now; nothing was applied, retry shortly".into()

@@ -81,6 +81,10 @@ fn handle(
         Err(e) => return error_response(&ApiError::BadRequest(e)),
     };
     let method = req.method().clone();
+    if path == "/v1/cluster" || path.starts_with("/v1/cluster/") {
+        return super::admin::handle(req, path, to_raft, cfg)
+            .unwrap_or_else(|e| error_response(&e));
+    }
     if path == "/v1/kv" || path.starts_with("/v1/kv/") {
         return super::rest::handle(req, path, &params, to_raft, cfg)
             .unwrap_or_else(|e| error_response(&e));

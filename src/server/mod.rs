@@ -14,8 +14,11 @@
 //! A [`Node`] owns every thread it starts; [`Node::shutdown`] stops them all. [`run`] is what the `nimbus`
 //! binary calls: start a node and serve until the Raft thread stops.
 
+mod admin;
 pub mod api;
+pub mod cluster;
 pub mod http;
+pub mod join;
 pub mod metrics;
 mod raft_loop;
 mod recovery;
@@ -79,7 +82,11 @@ impl Node {
         } = recovery::recover(&cfg).map_err(ServerError)?;
         let snap_dir = store.dir().to_path_buf();
         let snaps = raft_loop::Snapshots::new(store, init.snapshot_index);
-        let mut rcfg = RaftConfig::new(id, cfg.members.keys().copied());
+        let voters = match &cfg.bootstrap_voters {
+            Some(v) => v.clone(),
+            None => cfg.members.keys().copied().collect(),
+        };
+        let mut rcfg = RaftConfig::new(id, voters);
         rcfg.election_ticks = cfg.election_ticks;
         rcfg.heartbeat_ticks = cfg.heartbeat_ticks;
         // The lease covers 80 % of the minimum election timeout: nodes' tick rates may differ by up to
@@ -230,7 +237,47 @@ pub(crate) fn seed_for(id: u64) -> u64 {
     nanos ^ id.rotate_left(32) ^ (std::process::id() as u64).rotate_left(16)
 }
 
-/// Starts a node and serves until it stops.
+/// Starts a node and serves until it stops. SIGTERM or SIGINT stops it gracefully: a leader hands
+/// leadership over first, waiting requests get answers, then it returns `Ok` (exit status 0). A second
+/// signal exits at once (status 130).
 pub fn run(cfg: NodeConfig) -> Result<(), ServerError> {
-    Node::start(cfg)?.wait()
+    let join = cfg
+        .join
+        .clone()
+        .map(|url| (url, cfg.id, cfg.members[&cfg.id].clone()));
+    let node = Node::start(cfg)?;
+    if let Some((url, id, raft)) = join {
+        let http = node.http_addr();
+        std::thread::Builder::new()
+            .name("join".into())
+            .spawn(move || match join::request_add(&url, id, &raft, http) {
+                Ok(()) => {
+                    info!("[n{id}] joined the cluster at {url} (as a learner until caught up)")
+                }
+                Err(e) => log::error!("[n{id}] {e}"),
+            })
+            .map_err(|e| ServerError(format!("cannot start the join thread: {e}")))?;
+    }
+    let clients = node.client_sender();
+    let mut signals = signal_hook::iterator::Signals::new([
+        signal_hook::consts::SIGTERM,
+        signal_hook::consts::SIGINT,
+    ])
+    .map_err(|e| ServerError(format!("cannot install signal handlers: {e}")))?;
+    std::thread::Builder::new()
+        .name("signals".into())
+        .spawn(move || {
+            let mut seen = 0;
+            for sig in signals.forever() {
+                seen += 1;
+                if seen > 1 {
+                    log::warn!("second signal {sig}: exiting now");
+                    std::process::exit(130);
+                }
+                info!("signal {sig}: shutting down gracefully");
+                let _ = clients.send(ClientRequest::Shutdown);
+            }
+        })
+        .map_err(|e| ServerError(format!("cannot start the signal thread: {e}")))?;
+    node.wait()
 }

@@ -26,10 +26,13 @@
 //!   changing the core.
 
 use super::api::{ApiError, ClientRequest, Consistency, ReadOk, ReadQuery, WriteOk};
+use super::cluster::{decode_book, AddressBook, Addrs};
 use super::metrics::{Metrics, ProposalKind, RaftWatch};
 use crate::config::NodeConfig;
 use crate::kv::{ApplyResult, KvStore};
-use crate::raft::{EntryKind, Index, Message, MessageBody, Raft, RequestError, Role, Term};
+use crate::raft::{
+    EntryKind, Index, Membership, Message, MessageBody, Raft, RequestError, Role, Term,
+};
 use crate::storage::Wal;
 use crate::transport::Transport;
 use crossbeam_channel::{select, Receiver, Sender};
@@ -38,6 +41,8 @@ use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::Instant;
 
+#[path = "admin_loop.rs"]
+mod admin_loop;
 #[path = "snapshots.rs"]
 mod snapshots;
 pub(super) use snapshots::{load_kv, Snapshots};
@@ -113,6 +118,12 @@ pub struct RaftLoop {
     metrics: Arc<Metrics>,
     watch: RaftWatch,
     snaps: Snapshots,
+    /// Every member's addresses (see `cluster.rs`).
+    book: AddressBook,
+    /// Learners the leader promotes once they catch up.
+    auto_promote: std::collections::BTreeSet<crate::raft::NodeId>,
+    /// A graceful shutdown was asked for: stop by then at the latest.
+    shutdown_at: Option<Instant>,
 }
 
 impl RaftLoop {
@@ -129,7 +140,24 @@ impl RaftLoop {
         metrics: Arc<Metrics>,
         snaps: Snapshots,
     ) -> Self {
+        let mut book: AddressBook = cfg
+            .members
+            .iter()
+            .map(|(&id, raft)| {
+                let addrs = Addrs {
+                    raft: raft.clone(),
+                    http: None,
+                };
+                (id, addrs)
+            })
+            .collect();
+        if let Some(me) = book.get_mut(&cfg.id) {
+            me.http = Some(cfg.http_addr.to_string());
+        }
         RaftLoop {
+            book,
+            auto_promote: Default::default(),
+            shutdown_at: None,
             snaps,
             watch: RaftWatch::new(&raft),
             metrics,
@@ -165,6 +193,7 @@ impl RaftLoop {
             select! {
                 recv(ticker) -> _ => {
                     self.catch_up_ticks();
+                    self.promote_caught_up_learners();
                     self.watch.observe_role(&self.raft, &self.metrics);
                     self.expire(Instant::now());
                     self.retry_writes();
@@ -205,6 +234,9 @@ impl RaftLoop {
                 }
             }
             self.process_ready()?;
+            if self.shutdown_due() {
+                break;
+            }
         }
         info!("[n{}] raft loop stopping", self.cfg.id);
         self.fail_all(ApiError::LeaderChanged);
@@ -339,6 +371,23 @@ impl RaftLoop {
             ClientRequest::Status { reply } => {
                 let _ = reply.send(self.status());
             }
+            ClientRequest::Membership {
+                change,
+                addrs,
+                auto_promote,
+                reply,
+            } => self.membership_request(change, addrs, auto_promote, reply),
+            ClientRequest::Transfer { target, reply } => {
+                let r = self
+                    .raft
+                    .transfer_leadership(target)
+                    .map_err(|e| self.request_error(e));
+                let _ = reply.send(r);
+            }
+            ClientRequest::Cluster { reply } => {
+                let _ = reply.send(self.cluster_view());
+            }
+            ClientRequest::Shutdown => self.begin_shutdown(),
         }
     }
 
@@ -389,6 +438,9 @@ impl RaftLoop {
             self.stats.turns += 1;
             if let Some(meta) = rd.snapshot {
                 self.install_snapshot(meta)?;
+            }
+            if let Some((membership, context)) = &rd.membership {
+                self.membership_changed(membership, context);
             }
             self.metrics.ready_cycles.inc();
             if rd
@@ -781,16 +833,38 @@ impl RaftLoop {
             },
             RequestError::LeaderChanged => ApiError::LeaderChanged,
             RequestError::Busy => ApiError::Busy,
-            RequestError::Refused(why) => ApiError::BadRequest(why),
+            RequestError::Refused(why) if why.contains("not a member") => ApiError::NotFound(why),
+            RequestError::Refused(why) => ApiError::Conflict(why),
         }
     }
 
-    /// A node's HTTP address: ours from the configuration, a peer's as its handshake announced it.
+    /// A node's HTTP address: ours from the configuration, a peer's as its handshake announced it (else
+    /// as the address book has it).
     fn http_addr_of(&self, id: crate::raft::NodeId) -> Option<std::net::SocketAddr> {
         if id == self.cfg.id {
             Some(self.cfg.http_addr)
         } else {
-            self.transport.peer_http(id)
+            self.transport.peer_http(id).or_else(|| {
+                self.book
+                    .get(&id)
+                    .and_then(|a| a.http.as_ref())
+                    .and_then(|h| h.parse().ok())
+            })
+        }
+    }
+
+    /// The membership in effect changed: learn the members' addresses and connect to exactly them.
+    fn membership_changed(&mut self, membership: &Membership, context: &[u8]) {
+        if let Some(book) = decode_book(context) {
+            self.book = book;
+        }
+        let peers = membership
+            .members()
+            .filter(|&id| id != self.cfg.id)
+            .filter_map(|id| self.book.get(&id).map(|a| (id, a.raft.clone())))
+            .collect();
+        if let Err(e) = self.transport.set_peers(peers) {
+            warn!("[n{}] cannot update the peers: {e}", self.cfg.id);
         }
     }
 

@@ -46,9 +46,11 @@ pub(super) fn recover(cfg: &NodeConfig) -> Result<Recovered, String> {
     };
     let (mut wal, rec) = Wal::open(&cfg.data_dir.join("wal"), opts)
         .map_err(|e| format!("cannot open the WAL: {e}"))?;
+    let mut snapshot_membership = None;
     let (snap_index, snap_term, kv) = match &latest {
         Some(meta) => {
-            let kv = load_kv(&meta.path, cfg)?;
+            let (kv, membership) = load_kv(&meta.path, cfg)?;
+            snapshot_membership = Some(membership);
             if kv.applied() != meta.index {
                 return Err(format!(
                     "snapshot {} holds a state applied to {}, not {}",
@@ -116,7 +118,7 @@ pub(super) fn recover(cfg: &NodeConfig) -> Result<Recovered, String> {
             snapshot_term: snap_term,
             entries,
             applied: snap_index,
-            snapshot_membership: None,
+            snapshot_membership,
         },
         kv,
         store,

@@ -17,7 +17,8 @@
 
 use super::{ApiError, RaftLoop};
 use crate::kv::KvStore;
-use crate::raft::{Index, Message, MessageBody, NodeId, SnapshotMeta};
+use crate::raft::{Index, Membership, Message, MessageBody, NodeId, SnapshotMeta};
+use crate::server::cluster::{read_membership, write_membership};
 use crate::storage::SnapshotStore;
 use crate::transport::snapshot::{incoming_path, OutgoingSnapshot, SnapshotSent};
 use crossbeam_channel::{Receiver, Sender};
@@ -108,6 +109,7 @@ impl RaftLoop {
         let started = Instant::now();
         let copy = self.kv.clone();
         let pause = started.elapsed();
+        let (membership, context) = self.raft.membership_at_index(applied);
         let store = self.snaps.store.clone();
         let tx = self.snaps.taken_tx.clone();
         self.snaps.taking = true;
@@ -118,7 +120,10 @@ impl RaftLoop {
             .spawn(move || {
                 let t0 = Instant::now();
                 let result = store
-                    .write(applied, term, |w| copy.write_snapshot(w))
+                    .write(applied, term, |w| {
+                        write_membership(w, &membership, &context)?;
+                        copy.write_snapshot(w)
+                    })
                     .map(|meta| (applied, meta.size, t0.elapsed()))
                     .map_err(|e| e.to_string());
                 let _ = tx.send(result);
@@ -266,7 +271,7 @@ impl RaftLoop {
             .store
             .import(&path)
             .map_err(|e| format!("cannot keep the received snapshot: {e}"))?;
-        let kv = load_kv(&stored.path, &self.cfg)?;
+        let (kv, _) = load_kv(&stored.path, &self.cfg)?;
         if kv.applied() != index {
             return Err(format!(
                 "snapshot file at {index} holds a state applied to {}",
@@ -317,13 +322,16 @@ impl RaftLoop {
     }
 }
 
-/// Reads a verified snapshot file into a state machine.
+/// Reads a verified snapshot file: the state machine and the membership it records.
 pub(crate) fn load_kv(
     path: &std::path::Path,
     cfg: &crate::config::NodeConfig,
-) -> Result<KvStore, String> {
+) -> Result<(KvStore, (Membership, Vec<u8>)), String> {
     let mut reader = SnapshotStore::open_body(path)
         .map_err(|e| format!("cannot open snapshot {}: {e}", path.display()))?;
-    KvStore::read_snapshot(&mut reader, cfg.max_key_bytes, cfg.max_value_bytes)
-        .map_err(|e| format!("snapshot {} is unreadable: {e}", path.display()))
+    let membership = read_membership(&mut reader)
+        .map_err(|e| format!("snapshot {} is unreadable: {e}", path.display()))?;
+    let kv = KvStore::read_snapshot(&mut reader, cfg.max_key_bytes, cfg.max_value_bytes)
+        .map_err(|e| format!("snapshot {} is unreadable: {e}", path.display()))?;
+    Ok((kv, membership))
 }

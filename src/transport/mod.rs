@@ -33,7 +33,7 @@ use std::fmt;
 use std::io::{BufWriter, ErrorKind, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -148,6 +148,18 @@ struct Shared {
     stop: Arc<AtomicBool>,
     /// Peers' HTTP addresses, as their handshakes told.
     peer_http: Arc<Mutex<BTreeMap<NodeId, SocketAddr>>>,
+    /// The current peers and their Raft addresses (membership changes update it).
+    peers: Arc<RwLock<BTreeMap<NodeId, String>>>,
+}
+
+impl Shared {
+    fn peer_addr(&self, id: NodeId) -> Option<String> {
+        self.peers
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&id)
+            .cloned()
+    }
 }
 
 impl Transport {
@@ -172,6 +184,7 @@ impl Transport {
         let stop = Arc::new(AtomicBool::new(false));
         let peer_http = Arc::new(Mutex::new(BTreeMap::new()));
         let shared = Shared {
+            peers: Arc::new(RwLock::new(cfg.peers.clone())),
             cfg: Arc::new(cfg),
             stop: stop.clone(),
             peer_http: peer_http.clone(),
@@ -180,17 +193,9 @@ impl Transport {
         let mut threads = Vec::new();
         let mut peers = BTreeMap::new();
         for (&pid, addr) in &shared.cfg.peers {
-            let (tx, rx) = crossbeam_channel::bounded(shared.cfg.queue_len.max(1));
-            let stats = Arc::new(PeerStats::default());
-            let (sh, st, addr) = (shared.clone(), stats.clone(), addr.clone());
-            let h = std::thread::Builder::new()
-                .name(format!("peer-writer-{pid}"))
-                .spawn(move || writer(sh, pid, addr, rx, st))
-                .map_err(|e| {
-                    TransportError::Config(format!("cannot spawn a writer thread: {e}"))
-                })?;
+            let (peer, h) = spawn_writer(&shared, pid, addr.clone())?;
             threads.push(h);
-            peers.insert(pid, Peer { tx, stats });
+            peers.insert(pid, peer);
         }
         let (sh, rd) = (shared.clone(), readers.clone());
         let h = std::thread::Builder::new()
@@ -208,6 +213,36 @@ impl Transport {
             peer_http,
             shared,
         })
+    }
+
+    /// Replaces the set of peers (after a membership change): writers for new peers start, writers for
+    /// removed peers stop, a peer whose address changed gets a new writer; connections from ids no longer
+    /// listed are refused from then on.
+    pub fn set_peers(&mut self, peers: BTreeMap<NodeId, String>) -> Result<(), TransportError> {
+        let peers: BTreeMap<NodeId, String> =
+            peers.into_iter().filter(|(id, _)| *id != self.id).collect();
+        let old = self
+            .shared
+            .peers
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        for (id, addr) in &old {
+            if peers.get(id) != Some(addr) {
+                self.peers.remove(id); // closes its queue: the writer exits
+                info!("transport: node {id} ({addr}) is no longer a peer");
+            }
+        }
+        for (&id, addr) in &peers {
+            if !self.peers.contains_key(&id) {
+                let (peer, h) = spawn_writer(&self.shared, id, addr.clone())?;
+                self.threads.push(h);
+                self.peers.insert(id, peer);
+                info!("transport: node {id} at {addr} is a peer");
+            }
+        }
+        *self.shared.peers.write().unwrap_or_else(|e| e.into_inner()) = peers;
+        Ok(())
     }
 
     /// The HTTP address a peer announced when it last connected to us, if it did.
@@ -360,10 +395,8 @@ fn handshake(cluster: &str, id: NodeId, http: Option<SocketAddr>, kind: u8) -> V
 
 /// Validates a handshake; returns the sender's id and the HTTP address it announced (empty or unparsable
 /// addresses are ignored: they only serve to point clients at the leader).
-fn check_handshake(
-    buf: &[u8],
-    cfg: &TransportConfig,
-) -> Result<(NodeId, Option<SocketAddr>, u8), String> {
+fn check_handshake(buf: &[u8], sh: &Shared) -> Result<(NodeId, Option<SocketAddr>, u8), String> {
+    let cfg = &sh.cfg;
     if buf.len() < 6 || &buf[..4] != MAGIC {
         return Err("bad magic: not a nimbus peer".into());
     }
@@ -395,7 +428,7 @@ fn check_handshake(
             cfg.cluster
         ));
     }
-    if id == 0 || id == cfg.node_id || !cfg.peers.contains_key(&id) {
+    if id == 0 || id == cfg.node_id || sh.peer_addr(id).is_none() {
         return Err(format!(
             "sender id {id} is not a peer of node {}",
             cfg.node_id
@@ -405,6 +438,21 @@ fn check_handshake(
 }
 
 // ---- Threads ----
+
+fn spawn_writer(
+    sh: &Shared,
+    pid: NodeId,
+    addr: String,
+) -> Result<(Peer, JoinHandle<()>), TransportError> {
+    let (tx, rx) = crossbeam_channel::bounded(sh.cfg.queue_len.max(1));
+    let stats = Arc::new(PeerStats::default());
+    let (sh, st) = (sh.clone(), stats.clone());
+    let h = std::thread::Builder::new()
+        .name(format!("peer-writer-{pid}"))
+        .spawn(move || writer(sh, pid, addr, rx, st))
+        .map_err(|e| TransportError::Config(format!("cannot spawn a writer thread: {e}")))?;
+    Ok((Peer { tx, stats }, h))
+}
 
 fn acceptor(
     sh: Shared,
@@ -477,7 +525,7 @@ fn reader(sh: Shared, mut stream: TcpStream, addr: SocketAddr, inbound: Sender<M
             }
         };
         let Some(peer) = from else {
-            match check_handshake(buf, cfg) {
+            match check_handshake(buf, &sh) {
                 Ok((id, http, kind)) => {
                     debug!("transport: node {id} connected from {addr}");
                     if let Some(mut h) = http {

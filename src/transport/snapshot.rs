@@ -109,9 +109,8 @@ impl Transport {
 fn send(sh: &Shared, snap: &OutgoingSnapshot) -> Result<u64, String> {
     let cfg = &sh.cfg;
     let to = snap.message.to;
-    let addr = cfg
-        .peers
-        .get(&to)
+    let addr = sh
+        .peer_addr(to)
         .ok_or_else(|| format!("node {to} is not a peer"))?;
     let mut file =
         File::open(&snap.path).map_err(|e| format!("open {}: {e}", snap.path.display()))?;
@@ -120,7 +119,7 @@ fn send(sh: &Shared, snap: &OutgoingSnapshot) -> Result<u64, String> {
         .map_err(|e| format!("stat {}: {e}", snap.path.display()))?
         .len();
     let hello = handshake(&cfg.cluster, cfg.node_id, cfg.advertise_http, KIND_SNAPSHOT);
-    let mut w = connect(addr, cfg, &hello).map_err(|e| format!("connect to {addr}: {e}"))?;
+    let mut w = connect(&addr, cfg, &hello).map_err(|e| format!("connect to {addr}: {e}"))?;
     let mut header = total.to_le_bytes().to_vec();
     header.extend_from_slice(&super::codec::encode_message(&snap.message));
     write_frame(&mut w, &header).map_err(|e| e.to_string())?;
