@@ -143,9 +143,10 @@ fn nemesis(
     while Instant::now() < until {
         let pause = Duration::from_millis(800 + rng.below(1500));
         let action = match faults {
-            Faults::Process => rng.below(2),
+            // 5: leadership transfer; 6: remove a node from the cluster and add it back.
+            Faults::Process => [0, 1, 6][rng.below(3) as usize],
             Faults::Network => 2 + rng.below(3),
-            Faults::Mixed => rng.below(6),
+            Faults::Mixed => rng.below(7),
         };
         let leader =
             (0..n).find(|&i| c.is_running(i) && c.status(i).is_some_and(|s| s["role"] == "leader"));
@@ -206,6 +207,24 @@ fn nemesis(
                 net.partition(&[g1, g2]);
                 format!("bridge through node {b}")
             }
+            5 => match leader {
+                Some(l) if l != victim => {
+                    let body = format!(r#"{{"id": {}}}"#, victim + 1);
+                    let r = c
+                        .client(l)
+                        .request("POST", "/v1/cluster/leader", &[], body.as_bytes());
+                    format!(
+                        "transfer leadership from node {l} to node {victim}: {}",
+                        r.map(|r| r.status.to_string())
+                            .unwrap_or_else(|e| e.to_string())
+                    )
+                }
+                _ => "quiet".to_string(),
+            },
+            6 => match leader {
+                Some(l) if l != victim => remove_and_readd(c, l, victim),
+                _ => "quiet".to_string(),
+            },
             _ => "quiet".to_string(),
         };
         log.push(format!("{:>6.1}s {what}", t0.elapsed().as_secs_f64()));
@@ -229,7 +248,91 @@ fn nemesis(
             c.spawn(i);
         }
     }
+    restore_membership(c, log);
     elections
+}
+
+/// After the faults: every node a voter again (adding back any the nemesis removed), within 60 s.
+fn restore_membership(c: &TestCluster, log: &mut Vec<String>) {
+    let n = c.nodes.len() as u64;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while Instant::now() < deadline {
+        let view = (0..c.nodes.len()).find_map(|i| {
+            let r = c.client(i).get("/v1/cluster").ok()?;
+            let v: serde_json::Value = serde_json::from_slice(&r.body).ok()?;
+            v["leader"].as_u64().map(|l| (l, v))
+        });
+        if let Some((leader, v)) = view {
+            let members = v["members"].as_array().cloned().unwrap_or_default();
+            let voters = members.iter().filter(|m| m["voter"] == true).count() as u64;
+            if voters == n {
+                return;
+            }
+            for id in 1..=n {
+                if !members.iter().any(|m| m["id"].as_u64() == Some(id)) {
+                    let i = (id - 1) as usize;
+                    let body = format!(
+                        r#"{{"id": {id}, "raft_addr": ":{}", "http_addr": "{}", "auto_promote": true}}"#,
+                        c.nodes[i].raft_port,
+                        c.http_addr(i)
+                    );
+                    let l = (leader - 1) as usize;
+                    let _ =
+                        c.client(l)
+                            .request("POST", "/v1/cluster/members", &[], body.as_bytes());
+                    log.push(format!("after the faults: adding node {i} back"));
+                }
+            }
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    panic!("the cluster did not get every node back as a voter within 60 s");
+}
+
+/// Removes node `victim` through the leader, then adds it back as a learner that the leader promotes once
+/// it has caught up (it keeps its data: it rejoins with its old log). Bounded in time.
+fn remove_and_readd(c: &TestCluster, leader: usize, victim: usize) -> String {
+    let id = victim as u64 + 1;
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let mut outcome = String::new();
+    let mut removed = false;
+    while Instant::now() < deadline && !removed {
+        match c
+            .client(leader)
+            .request("DELETE", &format!("/v1/cluster/members/{id}"), &[], b"")
+        {
+            Ok(r) if r.status == 200 || r.status == 404 => removed = true,
+            Ok(r) => outcome = format!("{} {}", r.status, r.text()),
+            Err(e) => outcome = e.to_string(),
+        }
+        if !removed {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+    if !removed {
+        return format!("remove node {victim}: not done ({outcome})");
+    }
+    let body = format!(
+        r#"{{"id": {id}, "raft_addr": ":{}", "http_addr": "{}", "auto_promote": true}}"#,
+        c.nodes[victim].raft_port,
+        c.http_addr(victim)
+    );
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while Instant::now() < deadline {
+        let r = (0..c.nodes.len())
+            .filter(|&i| i != victim && c.is_running(i))
+            .find_map(|i| {
+                c.client(i)
+                    .request("POST", "/v1/cluster/members", &[], body.as_bytes())
+                    .ok()
+                    .filter(|r| r.status == 200 || r.status == 409)
+            });
+        if r.is_some() {
+            return format!("removed node {victim} and added it back as a learner");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    format!("removed node {victim}; adding it back did not finish in time")
 }
 
 fn env_u64(name: &str, default: u64) -> u64 {
