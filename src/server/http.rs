@@ -414,12 +414,12 @@ pub(super) fn percent_decode(s: &str) -> Result<Vec<u8>, String> {
         match b[i] {
             b'+' => out.push(b' '),
             b'%' => {
-                let hex = b
-                    .get(i + 1..i + 3)
-                    .and_then(|h| std::str::from_utf8(h).ok())
-                    .and_then(|h| u8::from_str_radix(h, 16).ok())
-                    .ok_or_else(|| format!("malformed percent-escape at byte {i} of {s:?}"))?;
-                out.push(hex);
+                // Two hex digits exactly (`u8::from_str_radix` alone would also take "+f").
+                let digit = |k: usize| b.get(k).and_then(|&c| (c as char).to_digit(16));
+                let (Some(hi), Some(lo)) = (digit(i + 1), digit(i + 2)) else {
+                    return Err(format!("malformed percent-escape at byte {i} of {s:?}"));
+                };
+                out.push((hi * 16 + lo) as u8);
                 i += 2;
             }
             c => out.push(c),
@@ -442,6 +442,10 @@ mod tests {
         assert_eq!(q[3], ("flag".into(), vec![]));
         assert_eq!(parse_query("k=%ff").unwrap()[0].1, vec![0xff]);
         for bad in ["k=%", "k=%4", "k=%zz", "%ff=1"] {
+            assert!(parse_query(bad).is_err(), "{bad}");
+        }
+        // Regression (found by `tests/fuzz.rs`): a sign is not a hex digit; "%+a" used to decode to 0x0a.
+        for bad in ["k=%+a", "k=%+1", "k=%-1", "k=% 1", "k=%1+"] {
             assert!(parse_query(bad).is_err(), "{bad}");
         }
     }
