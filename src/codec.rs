@@ -171,19 +171,23 @@ impl<'a> Reader<'a> {
         };
         Ok(Entry { index, term, kind })
     }
-    /// A membership: ids non-zero, no id both voter and learner.
+    /// A membership: ids non-zero and strictly increasing in each set (the one encoding of a set), no id
+    /// both voter and learner.
     pub fn membership(&mut self) -> Result<Membership, DecodeError> {
         let mut m = Membership::default();
         for learners in [false, true] {
             let n = self.count(8)?;
+            let mut prev = 0;
             for _ in 0..n {
                 let id = self.u64()?;
-                let fresh = if learners {
-                    !m.voters.contains(&id) && m.learners.insert(id)
-                } else {
-                    m.voters.insert(id)
-                };
-                if id == 0 || !fresh {
+                let fresh = id > prev
+                    && if learners {
+                        !m.voters.contains(&id) && m.learners.insert(id)
+                    } else {
+                        m.voters.insert(id)
+                    };
+                prev = id;
+                if !fresh {
                     return Err(DecodeError(format!("bad member id {id} in a membership")));
                 }
             }

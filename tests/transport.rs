@@ -183,6 +183,53 @@ fn hostile_connections_are_closed_and_others_keep_working() {
     b.shutdown();
 }
 
+fn handshake_announcing(cluster: &str, id: u64, http: &str) -> Vec<u8> {
+    let mut p = b"NIMB".to_vec();
+    p.extend_from_slice(&2u16.to_le_bytes());
+    p.extend_from_slice(&(cluster.len() as u32).to_le_bytes());
+    p.extend_from_slice(cluster.as_bytes());
+    p.extend_from_slice(&id.to_le_bytes());
+    p.extend_from_slice(&(http.len() as u32).to_le_bytes());
+    p.extend_from_slice(http.as_bytes());
+    p.push(0);
+    frame(&p)
+}
+
+/// A handshake alone does not set a peer's HTTP address (the one followers show for the leader): only a
+/// connection that then carries a valid message from that peer does. Every refused connection is counted.
+#[test]
+fn a_spoofed_handshake_does_not_replace_a_peers_http_address() {
+    let ports = free_ports(2);
+    let (a, arx) = start(1, &ports);
+    let port = ports[0];
+    let refused = a.refused_connections();
+    let mut spoof = handshake_announcing("test", 2, "127.0.0.1:1");
+    spoof.extend(frame(&[0xFF; 40]));
+    expect_closed(port, &spoof);
+    expect_closed(
+        port,
+        &handshake_announcing("other-cluster", 2, "127.0.0.1:2"),
+    );
+    assert_eq!(a.peer_http(2), None, "taken from a refused connection");
+    poll("both refusals counted", WAIT, || {
+        (a.refused_connections() == refused + 2).then_some(())
+    });
+    // The same handshake followed by a valid message from node 2: now it counts.
+    let mut real = handshake_announcing("test", 2, "127.0.0.1:5");
+    real.extend(frame(&hash_nimbus::transport::codec::encode_message(&hb(
+        2, 1, 1,
+    ))));
+    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.write_all(&real).unwrap();
+    arx.recv_timeout(WAIT).expect("the message is delivered");
+    let want: SocketAddr = "127.0.0.1:5".parse().unwrap();
+    poll("the announced HTTP address", WAIT, || {
+        (a.peer_http(2) == Some(want)).then_some(())
+    });
+    drop(s);
+    a.shutdown();
+}
+
 #[test]
 fn a_taken_port_is_an_error_not_a_panic() {
     let ports = free_ports(1);

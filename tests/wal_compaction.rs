@@ -305,6 +305,80 @@ fn compaction_with_overwrites_across_segments() {
     assert_log(&rec, 36, 9, &expect[35..], hs);
 }
 
+/// Regression (found by `tests/fuzz.rs`): a segment that begins with entries later overwritten from
+/// below them, and a compaction that removes the segment holding what precedes the overwrite. Replay used
+/// to meet entry 10, then the overwrite at 9, and refused the log ("entry 9 does not follow the log").
+#[test]
+fn compaction_removes_the_segment_below_an_overwrite() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut wal, _) = Wal::open(dir.path(), small_segments()).unwrap();
+    let mut expect: Vec<Entry> = (1..=9).map(|i| entry(i, 1)).collect();
+    wal.append(&expect).unwrap();
+    wal.sync().unwrap(); // over 300 bytes: the next records go to a new segment
+    assert_eq!(segment_files(dir.path()).len(), 2);
+    wal.append(&[entry(10, 1)]).unwrap();
+    // A new leader overwrites from 9, in the second segment.
+    let over: Vec<Entry> = (9..=11).map(|i| entry(i, 2)).collect();
+    wal.append(&over).unwrap();
+    expect.truncate(8);
+    expect.extend(over);
+    let hs = HardState {
+        term: 2,
+        vote: 2,
+        commit: 11,
+    };
+    wal.set_hard_state(hs).unwrap();
+    wal.sync().unwrap();
+    assert_eq!(wal.compact(9, 2).unwrap(), 1, "the first segment goes");
+    drop(wal);
+    let (_, rec) = reopen(dir.path());
+    assert_log(&rec, 10, 2, &expect[9..], hs);
+    // Without the log-start record the same segment is a missing-segment error, not a silent log.
+    let files = snapshot_dir(dir.path());
+    assert_eq!(files.len(), 1);
+    let (name, data) = files.iter().next().unwrap();
+    let cut = records(data)
+        .iter()
+        .find(|r| r.2 == 3)
+        .map(|r| r.0)
+        .expect("a log-start record");
+    let mut damaged = files.clone();
+    damaged.insert(name.clone(), data[..cut].to_vec());
+    let d = materialize(&damaged);
+    let err = Wal::open(d.path(), small_segments())
+        .err()
+        .expect("refused");
+    assert!(err.to_string().contains("a segment is missing"), "{err}");
+}
+
+/// Regression (found by `tests/fuzz.rs`): a compaction whose log-start record opens a fresh segment
+/// while the entries after it still lie in the older one, then a later compaction that removes the older
+/// one. Replay used to take the first record's start (3) for the log's and refuse the next entry (7) as
+/// a gap, although the later log-start record covers it.
+#[test]
+fn a_later_compaction_removes_the_entries_after_an_earlier_log_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut wal, _) = Wal::open(dir.path(), small_segments()).unwrap();
+    let entries: Vec<Entry> = (1..=6).map(|i| entry(i, 1)).collect();
+    wal.append(&entries).unwrap();
+    wal.sync().unwrap();
+    assert_eq!(segment_files(dir.path()).len(), 1);
+    // Its log-start and hard-state records fill the segment to 300 bytes: the next record opens a new one.
+    wal.compact(1, 1).unwrap();
+    assert_eq!(segment_files(dir.path()).len(), 2);
+    assert_eq!(
+        wal.compact(2, 1).unwrap(),
+        0,
+        "3..=6 are still in the first segment"
+    );
+    wal.append(&[entry(7, 1)]).unwrap();
+    wal.sync().unwrap();
+    assert_eq!(wal.compact(6, 1).unwrap(), 1);
+    drop(wal);
+    let (_, rec) = reopen(dir.path());
+    assert_log(&rec, 7, 1, &[entry(7, 1)], HardState::default());
+}
+
 /// Every state a crash during `compact` can leave: the new records torn at every byte (old segments all
 /// present), then each prefix of the segment removals. Each opens to the state before or after.
 #[test]

@@ -418,12 +418,12 @@ pub(super) fn percent_decode(s: &str) -> Result<Vec<u8>, String> {
         match b[i] {
             b'+' => out.push(b' '),
             b'%' => {
-                let hex = b
-                    .get(i + 1..i + 3)
-                    .and_then(|h| std::str::from_utf8(h).ok())
-                    .and_then(|h| u8::from_str_radix(h, 16).ok())
-                    .ok_or_else(|| format!("malformed percent-escape at byte {i} of {s:?}"))?;
-                out.push(hex);
+                // Two hex digits exactly (`u8::from_str_radix` alone would also take "+f").
+                let digit = |k: usize| b.get(k).and_then(|&c| (c as char).to_digit(16));
+                let (Some(hi), Some(lo)) = (digit(i + 1), digit(i + 2)) else {
+                    return Err(format!("malformed percent-escape at byte {i} of {s:?}"));
+                };
+                out.push((hi * 16 + lo) as u8);
                 i += 2;
             }
             c => out.push(c),
@@ -447,6 +447,112 @@ mod tests {
         assert_eq!(parse_query("k=%ff").unwrap()[0].1, vec![0xff]);
         for bad in ["k=%", "k=%4", "k=%zz", "%ff=1"] {
             assert!(parse_query(bad).is_err(), "{bad}");
+        }
+        // Regression (found by `tests/fuzz.rs`): a sign is not a hex digit; "%+a" used to decode to 0x0a.
+        for bad in ["k=%+a", "k=%+1", "k=%-1", "k=% 1", "k=%1+"] {
+            assert!(parse_query(bad).is_err(), "{bad}");
+        }
+    }
+
+    /// Property tests of what the REST routes do with a path and the key checks; the query parser's
+    /// properties are in `tests/fuzz.rs`. Seeded; `FUZZ_CASES` raises the case count.
+    mod properties {
+        use super::super::{check_key, percent_decode};
+        use crate::config::NodeConfig;
+        use crate::http_client::encode_query_value;
+        use crate::server::api::ApiError;
+        use proptest::prelude::*;
+        use proptest::test_runner::{Config, RngAlgorithm, TestRng, TestRunner};
+
+        fn run<S: Strategy>(
+            name: &str,
+            cases: u32,
+            s: S,
+            test: impl Fn(S::Value) -> Result<(), TestCaseError>,
+        ) where
+            S::Value: std::fmt::Debug,
+        {
+            let cases = std::env::var("FUZZ_CASES")
+                .ok()
+                .and_then(|c| c.parse().ok())
+                .unwrap_or(cases);
+            let mut seed = [7u8; 32];
+            seed[..name.len().min(32)].copy_from_slice(&name.as_bytes()[..name.len().min(32)]);
+            let config = Config {
+                cases,
+                failure_persistence: None,
+                ..Config::default()
+            };
+            let rng = TestRng::from_seed(RngAlgorithm::ChaCha, &seed);
+            if let Err(e) = TestRunner::new_with_rng(config, rng).run(&s, test) {
+                panic!("property {name} failed: {e}");
+            }
+        }
+
+        fn config(max_key_bytes: usize) -> NodeConfig {
+            let mut c = NodeConfig::new(
+                1,
+                [(1, ":1".to_string())].into(),
+                "127.0.0.1:1".parse().unwrap(),
+                "unused".into(),
+            );
+            c.max_key_bytes = max_key_bytes;
+            c
+        }
+
+        #[test]
+        fn rest_keys_round_trip_through_the_path_and_are_checked() {
+            let key = prop::collection::vec(any::<u8>(), 0..48);
+            run("rest_key", 3000, (key, 1..40usize), |(key, max)| {
+                // What `GET /v1/kv/{key}` does with the rest of the path.
+                let path = format!("/v1/kv/{}", encode_query_value(&key));
+                let decoded =
+                    percent_decode(&path["/v1/kv/".len()..]).map_err(TestCaseError::fail)?;
+                prop_assert_eq!(&decoded, &key);
+                match check_key(&decoded, &config(max)) {
+                    Ok(k) => prop_assert!(!k.is_empty() && k.len() <= max && k == key),
+                    Err(ApiError::BadRequest(_)) => prop_assert!(key.is_empty()),
+                    Err(ApiError::TooLarge(_)) => prop_assert!(key.len() > max),
+                    Err(e) => prop_assert!(false, "unexpected {:?}", e),
+                }
+                Ok(())
+            });
+        }
+
+        #[test]
+        fn percent_decoding_takes_exactly_two_hex_digits() {
+            run("percent_decode", 5000, any::<String>(), |s| {
+                let _ = percent_decode(&s);
+                Ok(())
+            });
+            let s = prop::string::string_regex(
+                "([%+/a-fA-F0-9gz\u{e9}&= -]|%[0-9a-f+ -][0-9A-F+]){0,12}",
+            )
+            .unwrap();
+            run("percent_model", 5000, s, |s| {
+                let b = s.as_bytes();
+                let mut model = Some(Vec::new());
+                let mut i = 0;
+                while let (Some(out), Some(&c)) = (model.as_mut(), b.get(i)) {
+                    match c {
+                        b'+' => out.push(b' '),
+                        b'%' => match (b.get(i + 1), b.get(i + 2)) {
+                            (Some(h), Some(l))
+                                if h.is_ascii_hexdigit() && l.is_ascii_hexdigit() =>
+                            {
+                                let v = |x: &u8| (*x as char).to_digit(16).unwrap() as u8;
+                                out.push(v(h) * 16 + v(l));
+                                i += 2;
+                            }
+                            _ => model = None,
+                        },
+                        c => out.push(c),
+                    }
+                    i += 1;
+                }
+                prop_assert_eq!(percent_decode(&s).ok(), model);
+                Ok(())
+            });
         }
     }
 }

@@ -40,10 +40,13 @@
 //!   is at or below the compaction point, never the active segment. So the hard state and the log start
 //!   always live in a remaining segment, and a crash at any point leaves a log that replays to the state
 //!   before or after the compaction.
-//! - Replay therefore accepts a log whose first segment begins above index 1, provided a later log-start
-//!   or reset record covers everything before that first entry; otherwise a segment is missing and
-//!   opening fails. A log-start record that contradicts a held entry's term, or lies below what the log
-//!   already dropped, is corruption.
+//! - Replay therefore accepts a log whose first segment begins above index 1, or whose entries resume
+//!   above the start a log-start record set (that record was written while the entries after it still
+//!   lay in older segments, which a later compaction removed), provided a later log-start or reset record
+//!   covers everything before that entry; otherwise a segment is missing and opening fails. Until that
+//!   record, an entry below the first one held is an overwrite whose predecessors were compacted away:
+//!   the log restarts at it, and the record must cover it too. A log-start record that contradicts a held
+//!   entry's term, or lies below what the log already dropped, is corruption.
 //! - [`Wal::reset`] syncs the active segment, writes a new segment (higher sequence number) holding only
 //!   a reset record and the hard state to a temporary file, syncs it, renames it into place, syncs the
 //!   directory, and only then removes the older segments. A crash before the rename leaves the old log
@@ -160,16 +163,13 @@ impl Wal {
                 first_index: 1,
                 ..Default::default()
             },
-            start_known: false,
             pending: None,
-            first_segment: false,
         };
         let mut segments = Vec::new();
         let mut last_reset = None;
         let n = seqs.len();
         for (k, &seq) in seqs.iter().enumerate() {
             let path = segment_path(dir, seq);
-            st.first_segment = k == 0;
             let info = replay_segment(&path, &opts, k + 1 == n, &mut st)?;
             if info.reset {
                 last_reset = Some(k);
@@ -550,13 +550,9 @@ fn create_segment(dir: &Path, seq: u64) -> Result<(Segment, File), StorageError>
 /// Replay state across segments.
 struct Replay {
     rec: Recovered,
-    /// Whether the log's start is settled: by its first entry, or by a log-start or reset record.
-    start_known: bool,
     /// The log began above index 1 (earlier segments compacted away): where, until a log-start or reset
     /// record covers what precedes it.
     pending: Option<(PathBuf, u64, Index)>,
-    /// Replaying the oldest remaining segment, whose predecessors compaction may have removed.
-    first_segment: bool,
 }
 
 /// What replaying one segment found.
@@ -632,15 +628,23 @@ fn replay_segment(
             REC_ENTRY => {
                 let e = r.entry().map_err(|e| corrupt(pos, e.to_string()))?;
                 r.finish().map_err(|e| corrupt(pos, e.to_string()))?;
-                let gap = rec.entries.is_empty() && e.index > rec.first_index;
-                if gap && (!st.start_known || (st.first_segment && st.pending.is_none())) {
-                    // The first entry of a log whose earlier segments compaction removed, or, in the first
-                    // remaining segment, an entry after a log-start record whose following entries were in
-                    // a removed segment: a log-start record further on must cover what comes before it.
+                if rec.entries.is_empty() && e.index > rec.first_index {
+                    // The first entry of a log whose earlier segments compaction removed, or the first
+                    // after a log-start record whose following entries lay in such segments (the record
+                    // was written before a later compaction removed them): a log-start record further on
+                    // must cover what comes before it.
                     rec.first_index = e.index;
                     st.pending = Some((path.to_path_buf(), pos as u64, e.index));
                 }
-                st.start_known = true;
+                if st.pending.is_some() && e.index >= 1 && e.index < rec.first_index {
+                    // The entries this log began with were overwritten later from below them, and the
+                    // segments that held what precedes were compacted away (their entries were all
+                    // covered). The log starts at the overwrite; the log-start record that must still
+                    // follow covers what precedes it.
+                    rec.entries.clear();
+                    rec.first_index = e.index;
+                    st.pending = Some((path.to_path_buf(), pos as u64, e.index));
+                }
                 // first_index >= 1, so neither side can overflow.
                 let last = rec.first_index - 1 + rec.entries.len() as u64;
                 if e.index < rec.first_index || e.index - 1 > last {
@@ -710,7 +714,6 @@ fn replay_segment(
                 }
                 rec.first_index = keep_from;
                 rec.start_term = term;
-                st.start_known = true;
                 st.pending = None;
             }
             k => return Err(corrupt(pos, format!("unknown record type {k}"))),

@@ -7,7 +7,12 @@
 //! on a message connection every later frame is one [`Message`] encoded by [`codec`]. Frames over
 //! `max_frame_size` (default 64 MiB), undecodable frames, a bad handshake (wrong magic, version or cluster
 //! name; an unknown or zero sender) or a message whose `from`/`to` do not match the connection close that
-//! connection with a warning naming the peer address and the reason.
+//! connection with a warning naming the peer address and the reason. Those warnings are rate-limited (the
+//! first [`WARN_BURST`] in each [`WARN_WINDOW`], then one line counting the rest), so a client opening
+//! bad connection after connection cannot flood the log; [`Transport::refused_connections`] counts them
+//! all. A peer's HTTP address is taken from its handshake only once that connection has carried a valid
+//! message, so a handshake followed by garbage cannot replace it. (Peers are not authenticated: anyone who
+//! can reach the Raft port and knows the cluster name can still speak as a member.)
 //!
 //! Threads and the rules they keep:
 //! - One acceptor thread; one reader thread per inbound connection, forwarding decoded messages to the
@@ -42,6 +47,10 @@ const PROTOCOL_VERSION: u16 = 2;
 const MAX_CLUSTER_NAME: usize = 255;
 /// Bytes of queued messages folded into one write.
 const MAX_WRITE_BATCH: usize = 4 << 20;
+/// Warnings about refused or failed inbound connections logged one by one in each [`WARN_WINDOW`]...
+pub const WARN_BURST: u64 = 10;
+/// ...after which the rest of the window's are counted and reported in one line when it ends.
+pub const WARN_WINDOW: Duration = Duration::from_secs(10);
 
 /// Transport settings.
 #[derive(Debug, Clone)]
@@ -150,6 +159,8 @@ struct Shared {
     peer_http: Arc<Mutex<BTreeMap<NodeId, SocketAddr>>>,
     /// The current peers and their Raft addresses (membership changes update it).
     peers: Arc<RwLock<BTreeMap<NodeId, String>>>,
+    /// Warnings about inbound connections, rate-limited.
+    refusals: Arc<RefusalLog>,
 }
 
 impl Shared {
@@ -159,6 +170,71 @@ impl Shared {
             .unwrap_or_else(|e| e.into_inner())
             .get(&id)
             .cloned()
+    }
+}
+
+/// Logs why inbound connections were refused or failed, at most [`WARN_BURST`] lines per
+/// [`WARN_WINDOW`] plus one line counting the rest of the window's, and counts them all.
+struct RefusalLog {
+    total: AtomicU64,
+    window: Mutex<RefusalWindow>,
+}
+
+struct RefusalWindow {
+    start: Instant,
+    logged: u64,
+    suppressed: u64,
+}
+
+impl RefusalLog {
+    fn new() -> Self {
+        RefusalLog {
+            total: AtomicU64::new(0),
+            window: Mutex::new(RefusalWindow {
+                start: Instant::now(),
+                logged: 0,
+                suppressed: 0,
+            }),
+        }
+    }
+
+    /// One refused or failed inbound connection: logged at warn unless the window's burst is spent.
+    fn warn(&self, args: fmt::Arguments<'_>) {
+        self.total.fetch_add(1, Ordering::Relaxed);
+        let mut w = self.window.lock().unwrap_or_else(|e| e.into_inner());
+        Self::roll(&mut w);
+        if w.logged < WARN_BURST {
+            w.logged += 1;
+            drop(w);
+            warn!("{args}");
+        } else {
+            w.suppressed += 1;
+        }
+    }
+
+    /// Ends the window once it is over, reporting what it did not log. The acceptor calls it as it
+    /// polls, so the count comes soon after the window even when no further connection does.
+    fn tick(&self) {
+        Self::roll(&mut self.window.lock().unwrap_or_else(|e| e.into_inner()));
+    }
+
+    fn roll(w: &mut RefusalWindow) {
+        if w.start.elapsed() < WARN_WINDOW {
+            return;
+        }
+        if w.suppressed > 0 {
+            warn!(
+                "transport: {} more inbound connections refused or failed in the last {:.0?} (not logged \
+                 one by one)",
+                w.suppressed,
+                w.start.elapsed()
+            );
+        }
+        *w = RefusalWindow {
+            start: Instant::now(),
+            logged: 0,
+            suppressed: 0,
+        };
     }
 }
 
@@ -188,6 +264,7 @@ impl Transport {
             cfg: Arc::new(cfg),
             stop: stop.clone(),
             peer_http: peer_http.clone(),
+            refusals: Arc::new(RefusalLog::new()),
         };
         let readers = Arc::new(Mutex::new(Vec::new()));
         let mut threads = Vec::new();
@@ -271,6 +348,12 @@ impl Transport {
 
     pub fn local_addr(&self) -> SocketAddr {
         self.local
+    }
+
+    /// Inbound connections closed for a reason worth a warning (bad handshake, bad frame, spoofed
+    /// message, silence, I/O error, refused snapshot), whether or not the rate limit let it be logged.
+    pub fn refused_connections(&self) -> u64 {
+        self.shared.refusals.total.load(Ordering::Relaxed)
     }
 
     pub fn stats(&self) -> TransportStats {
@@ -461,6 +544,7 @@ fn acceptor(
     readers: Arc<Mutex<Vec<JoinHandle<()>>>>,
 ) {
     while !sh.stop.load(Ordering::SeqCst) {
+        sh.refusals.tick();
         match listener.accept() {
             Ok((stream, addr)) => {
                 let (sh2, tx) = (sh.clone(), inbound.clone());
@@ -495,6 +579,8 @@ fn reader(sh: Shared, mut stream: TcpStream, addr: SocketAddr, inbound: Sender<M
     let _ = stream.set_read_timeout(Some(Duration::from_millis(200)));
     let mut frames = FrameReader::new(cfg.max_frame_size);
     let mut from = None;
+    // The HTTP address the handshake announced, recorded once a valid message came from the sender.
+    let mut announced_http = None;
     let mut last_data = Instant::now();
     loop {
         if sh.stop.load(Ordering::SeqCst) {
@@ -511,16 +597,18 @@ fn reader(sh: Shared, mut stream: TcpStream, addr: SocketAddr, inbound: Sender<M
             }
             Ok(Frame::Idle) => {
                 if last_data.elapsed() > cfg.read_timeout {
-                    warn!(
+                    sh.refusals.warn(format_args!(
                         "transport: closing connection from {addr}: silent for {:?}",
                         cfg.read_timeout
-                    );
+                    ));
                     return;
                 }
                 continue;
             }
             Err(e) => {
-                warn!("transport: closing connection from {addr}: {e}");
+                sh.refusals.warn(format_args!(
+                    "transport: closing connection from {addr}: {e}"
+                ));
                 return;
             }
         };
@@ -528,22 +616,23 @@ fn reader(sh: Shared, mut stream: TcpStream, addr: SocketAddr, inbound: Sender<M
             match check_handshake(buf, &sh) {
                 Ok((id, http, kind)) => {
                     debug!("transport: node {id} connected from {addr}");
-                    if let Some(mut h) = http {
-                        if h.ip().is_unspecified() {
-                            h.set_ip(addr.ip());
-                        }
-                        let mut map = sh.peer_http.lock().unwrap_or_else(|e| e.into_inner());
-                        map.insert(id, h);
-                    }
                     if kind == KIND_SNAPSHOT {
                         snapshot::receive(&sh, &mut stream, &mut frames, addr, id, &inbound);
                         return;
                     }
                     from = Some(id);
+                    announced_http = http.map(|mut h| {
+                        if h.ip().is_unspecified() {
+                            h.set_ip(addr.ip());
+                        }
+                        h
+                    });
                     continue;
                 }
                 Err(e) => {
-                    warn!("transport: closing connection from {addr}: bad handshake: {e}");
+                    sh.refusals.warn(format_args!(
+                        "transport: closing connection from {addr}: bad handshake: {e}"
+                    ));
                     return;
                 }
             }
@@ -551,16 +640,22 @@ fn reader(sh: Shared, mut stream: TcpStream, addr: SocketAddr, inbound: Sender<M
         let msg = match codec::decode_message(buf) {
             Ok(m) => m,
             Err(e) => {
-                warn!("transport: closing connection from node {peer} ({addr}): {e}");
+                sh.refusals.warn(format_args!(
+                    "transport: closing connection from node {peer} ({addr}): {e}"
+                ));
                 return;
             }
         };
         if msg.from != peer || msg.to != cfg.node_id {
-            warn!(
+            sh.refusals.warn(format_args!(
                 "transport: closing connection from node {peer} ({addr}): message from {} to {} on its connection",
                 msg.from, msg.to
-            );
+            ));
             return;
+        }
+        if let Some(h) = announced_http.take() {
+            let mut map = sh.peer_http.lock().unwrap_or_else(|e| e.into_inner());
+            map.insert(peer, h);
         }
         if inbound.send(msg).is_err() {
             return; // the node is shutting down

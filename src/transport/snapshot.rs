@@ -179,7 +179,9 @@ pub(super) fn receive(
             );
             let _ = inbound.send(msg);
         }
-        Err(e) => warn!("transport: snapshot from node {from} ({addr}) refused: {e}"),
+        Err(e) => sh.refusals.warn(format_args!(
+            "transport: snapshot from node {from} ({addr}) refused: {e}"
+        )),
     }
 }
 
