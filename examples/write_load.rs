@@ -3,18 +3,21 @@
 //! bytes. Every loop stops at its count or its time limit, whichever comes first.
 //!
 //! ```text
-//! write_load load    ADDR COUNT CONNS SECS PREFIX   COUNT writes over CONNS connections; prints the rate
+//! write_load load    ADDR COUNT CONNS SECS PREFIX   COUNT successful writes over CONNS connections;
+//!                                                   prints the rate and why requests failed
 //! write_load latency ADDR COUNT SECS PREFIX         one connection, each request timed; prints the
 //!                                                   distribution, every request slower than 50 ms
 //!                                                   (with its offset from the start), and a summary line
 //! ```
 //!
-//! A request that fails (non-200 or an I/O error) is counted and not retried.
+//! A request that fails (non-200 or an I/O error) is counted by its reason and not retried: the load goes on
+//! with the next key until COUNT writes succeeded or SECS passed. The latency loop counts failures too.
 
 use hash_nimbus::http_client::HttpClient;
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 fn path(prefix: u32, i: u64) -> String {
@@ -64,7 +67,7 @@ fn load(addr: SocketAddr, count: u64, conns: u64, secs: u64, prefix: u32) {
     let conns = conns.clamp(1, 256);
     let next = Arc::new(AtomicU64::new(0));
     let ok = Arc::new(AtomicU64::new(0));
-    let failed = Arc::new(AtomicU64::new(0));
+    let failed = Arc::new(Mutex::new(BTreeMap::<String, u64>::new()));
     let start = Instant::now();
     let deadline = start + Duration::from_secs(secs);
     let mut threads = Vec::new();
@@ -72,15 +75,17 @@ fn load(addr: SocketAddr, count: u64, conns: u64, secs: u64, prefix: u32) {
         let (next, ok, failed) = (next.clone(), ok.clone(), failed.clone());
         threads.push(std::thread::spawn(move || {
             let mut c = HttpClient::new(addr, Duration::from_secs(10));
-            loop {
+            // Each thread stops once COUNT writes succeeded in all (a few more may be in flight).
+            while ok.load(Ordering::Relaxed) < count && Instant::now() < deadline {
                 let i = next.fetch_add(1, Ordering::Relaxed);
-                if i >= count || Instant::now() >= deadline {
-                    break;
-                }
                 match c.get(&path(prefix, i)) {
-                    Ok(r) if r.status == 200 => ok.fetch_add(1, Ordering::Relaxed),
-                    _ => failed.fetch_add(1, Ordering::Relaxed),
-                };
+                    Ok(r) if r.status == 200 => {
+                        ok.fetch_add(1, Ordering::Relaxed);
+                    }
+                    r => {
+                        *failed.lock().unwrap().entry(reason(&r)).or_default() += 1;
+                    }
+                }
             }
         }));
         // Spaced out: a burst of new connections can leave some waiting in tiny_http's pool queue
@@ -92,11 +97,31 @@ fn load(addr: SocketAddr, count: u64, conns: u64, secs: u64, prefix: u32) {
     }
     let secs = start.elapsed().as_secs_f64();
     let ok = ok.load(Ordering::Relaxed);
+    let failed = failed.lock().unwrap();
     println!(
-        "load: {ok} ok, {} failed in {secs:.1} s: {:.0} writes/s over {conns} connections",
-        failed.load(Ordering::Relaxed),
+        "load: {ok} ok, {} failed{} in {secs:.1} s: {:.0} writes/s over {conns} connections",
+        failed.values().sum::<u64>(),
+        if failed.is_empty() {
+            String::new()
+        } else {
+            format!(" {failed:?}")
+        },
         ok as f64 / secs
     );
+}
+
+/// Why a request failed: the status and the error code of our JSON errors, or the I/O error's kind.
+fn reason(r: &std::io::Result<hash_nimbus::http_client::HttpResponse>) -> String {
+    match r {
+        Ok(r) => {
+            let code = serde_json::from_slice::<serde_json::Value>(&r.body)
+                .ok()
+                .and_then(|v| v["error"]["code"].as_str().map(str::to_owned))
+                .unwrap_or_default();
+            format!("{} {code}", r.status)
+        }
+        Err(e) => format!("io {:?}", e.kind()),
+    }
 }
 
 fn latency(addr: SocketAddr, count: u64, secs: u64, prefix: u32) {
@@ -115,6 +140,11 @@ fn latency(addr: SocketAddr, count: u64, secs: u64, prefix: u32) {
         let d = t.elapsed();
         if !matches!(r, Ok(ref r) if r.status == 200) {
             failed += 1;
+            println!(
+                "failed: request {i} at +{:.3} s: {}",
+                t.duration_since(start).as_secs_f64(),
+                reason(&r)
+            );
         }
         if d > Duration::from_millis(50) {
             slow.push((i, t.duration_since(start), d));

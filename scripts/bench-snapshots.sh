@@ -276,12 +276,12 @@ follower=$((leader == $(port 0) ? $(port 1) : $(port 0)))
 l=$(load1)
 "$bin/examples/write_load" load "127.0.0.1:$follower" "$REAL_KEYS" 64 600 a00001 | tee "$work/load.out" | sed 's/^/  /'
 py caught "$(now)" 60 "$(ports 3)" "$(ports 3)" >/dev/null
-out=$(py get "$leader" commit_index stats.snapshots.last_index keys)
-read -r commit snap keys <<<"$out"
+out=$(py get "$leader" commit_index stats.snapshots.last_index keys stats.snapshots.taken stats.snapshots.last_pause_us stats.snapshots.last_write_ms)
+read -r commit snap keys taken pause write <<<"$out"
 rss=""
 for n in 0 1 2; do rss+="${rss:+/}$(rss_mib "${node_pid[$n]}")"; done
 row "HTTP load of $REAL_KEYS keys via a follower" \
-  "$(sed 's/^load: //' "$work/load.out"); leader: $keys keys, commit $commit, snapshot at $snap; RSS ${rss} MiB, data dirs $(du_mib "$work/n0")/$(du_mib "$work/n1")/$(du_mib "$work/n2") MiB" "$l"
+  "$(sed 's/^load: //' "$work/load.out"); leader: $keys keys, commit $commit, $taken snapshots, the last at $snap (pause $((pause / 1000)) ms, write $write ms); RSS ${rss} MiB, data dirs $(du_mib "$work/n0")/$(du_mib "$work/n1")/$(du_mib "$work/n2") MiB" "$l"
 stop_all
 l=$(load1)
 start_poll caught 180 "$(ports 3)" "$(ports 3)"
@@ -291,9 +291,11 @@ finish_poll
 out=$(cat "$work/poll.out")
 read -r took c <<<"$out"
 alive 0 1 2
+rss=""
+for n in 0 1 2; do rss+="${rss:+/}$(rss_mib "${node_pid[$n]}")"; done
 stop_all
 row "restart 3 nodes: the HTTP-loaded cluster ($keys keys, $((commit - snap))-entry tail after the leader's snapshot)" \
-  "all applied the leader's commit ($c) after ${took} s" "$l"
+  "all applied the leader's commit ($c) after ${took} s; RSS ${rss} MiB" "$l"
 # Same shape: a snapshot at the leader's snapshot index (its entries are puts, but for one no-op per
 # leader), then the same number of entries in the WAL.
 snap_real=$((snap > 0 ? snap : 1))
@@ -311,8 +313,9 @@ snapshot_pause() { # LABEL SIZE
   local leader
   leader=$(py leader 30 "$(ports "$size")")
   py caught "$(now)" 60 "$(ports "$size")" "$(ports "$size")" >/dev/null
-  local l
+  local l rss_before rss_after=""
   l=$(load1)
+  rss_before=$(rss_mib "${node_pid[$((leader - HTTP0))]}")
   # Default --snapshot-entries (10,000): the snapshot starts about 10,000 writes into the loop.
   "$bin/examples/write_load" latency "127.0.0.1:$leader" 15000 120 b00002 >"$work/latency.out"
   sed 's/^/  /' "$work/latency.out"
@@ -324,10 +327,12 @@ snapshot_pause() { # LABEL SIZE
     pauses+="${pauses:+/}$((p / 1000))"
     writes+="${writes:+/}$w"
     size_b=$s
+    rss_after+="${rss_after:+/}$(rss_mib "${node_pid[$n]}")"
   done
+  alive $(seq 0 $((size - 1)))
   stop_all
   row "snapshot of $KEYS keys: $label" \
-    "pause (clone) ${pauses} ms, write ${writes} ms, $((size_b / 1048576)) MiB; 1-conn writes to the leader: $(grep '^latency:' "$work/latency.out" | sed 's/^latency: //')" "$l"
+    "pause (clone) ${pauses} ms, write ${writes} ms, $((size_b / 1048576)) MiB; RSS before ${rss_before} MiB (leader), after ${rss_after} MiB; 1-conn writes to the leader: $(grep '^latency:' "$work/latency.out" | sed 's/^latency: //')" "$l"
 }
 snapshot_pause "single node" 1
 snapshot_pause "3 nodes (leader/followers)" 3
@@ -346,6 +351,8 @@ catchup() { # LABEL BASE [flags...]
   py caught "$(now)" 60 "$(ports 3)" "$(ports 3)" >/dev/null
   f=$(((leader - HTTP0 + 1) % 3)) # the stopped follower
   o=$(((leader - HTTP0 + 2) % 3)) # the follower that takes the writes
+  local stopped_at
+  stopped_at=$(py get "$(port $f)" applied_index)
   stop_node $f
   "$bin/examples/write_load" load "127.0.0.1:$(port $o)" "$CATCHUP" 64 600 c00003 | sed 's/^/  /'
   py caught "$(now)" 60 "$leader,$(port $o)" "$(ports 3)" >/dev/null
@@ -365,7 +372,7 @@ catchup() { # LABEL BASE [flags...]
   installed_line=$(grep -o "installed the leader's snapshot.*" "$work/n$f.log" | tail -1 || true)
   stop_all
   row "catch-up, $CATCHUP entries behind: $label" \
-    "applied the leader's commit ($commit) ${took} s after its start; snapshots installed: $inst${installed_line:+ ($installed_line)}; leader took $snaps_l snapshots, last $((size_l / 1048576)) MiB" "$l"
+    "$((commit - stopped_at)) entries behind; applied the leader's commit ($commit) ${took} s after its start; snapshots installed: $inst${installed_line:+ ($installed_line)}; leader took $snaps_l snapshots, last $((size_l / 1048576)) MiB" "$l"
 }
 catchup "empty cluster, default flags (--snapshot-entries 10000)" "$empty_dir"
 catchup "empty cluster, --snapshot-entries 1000000 (no snapshot: by log)" "$empty_dir" --snapshot-entries 1000000
