@@ -75,7 +75,7 @@ fn main() {
 
     let mut gen = Gen {
         rng: Rng::new(keys ^ (tail << 32) ^ 0x5eed),
-        nonce: 0x6e696d62_7573,
+        nonce: 0x6e69_6d62_7573,
         counter: 0,
     };
     let t = Instant::now();
