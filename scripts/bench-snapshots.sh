@@ -10,10 +10,13 @@
 #      one-connection write loop around the snapshot;
 #   3. catch-up of a follower CATCHUP entries behind, by snapshot (default flags) and by log.
 # Every node, loop and wait is bounded in time; everything runs on 127.0.0.1 and is stopped at the end.
-# Takes about 8-10 minutes on the project's 2-core machine (after the build); it needs about 2 GB of disk
-# under BENCH_DIR (default /tmp).
+# Takes about 3-4 minutes on the project's 2-core machine after the build (about 7 with
+# REAL_KEYS=1000000, whose HTTP load alone takes about 3 minutes); needs about 2 GB of disk under BENCH_DIR
+# (default /tmp); uses python3 (the pollers), ss and dd.
 # Usage: scripts/bench-snapshots.sh     env: KEYS (1000000) TAILS ("10000 100000") CATCHUP (100000)
 #                                            REAL_KEYS (200000) RUNS (3) BENCH_DIR (/tmp)
+#                                            HTTP0 (17021) RAFT0 (17031): first ports of the 3 nodes
+#                                            PARTS ("restart validate pause catchup"): what to run
 set -euo pipefail
 cd "$(dirname "$0")/.."
 KEYS=${KEYS:-1000000}
@@ -21,6 +24,8 @@ TAILS=${TAILS:-"10000 100000"}
 CATCHUP=${CATCHUP:-100000}
 REAL_KEYS=${REAL_KEYS:-200000}
 RUNS=${RUNS:-3}
+PARTS=${PARTS:-"restart validate pause catchup"}
+part() { [[ " $PARTS " == *" $1 "* ]]; }
 HTTP0=${HTTP0:-17021} # nodes' HTTP ports: HTTP0..HTTP0+2; Raft: RAFT0..RAFT0+2
 RAFT0=${RAFT0:-17031}
 
@@ -201,8 +206,10 @@ echo "start: $(date -u '+%Y-%m-%d %H:%M UTC'), $(uptime | sed 's/.*load/load/')"
 echo "work directory: $work"
 
 # ---- data directories built offline ----
-echo "== building data directories offline: $KEYS keys, tails 0 $TAILS"
-for tail in 0 $TAILS; do
+tails=0
+if part restart; then tails+=" $TAILS"; fi
+echo "== building data directories offline: $KEYS keys, tails $tails"
+for tail in $tails; do
   "$bin/examples/make_datadir" "$work/base-$tail" "$KEYS" "$tail" | sed 's/^/  /'
 done
 empty_dir=$work/base-empty
@@ -258,6 +265,7 @@ restart_three() { # LABEL SRC [flags...]
 }
 
 hold=(--snapshot-entries 10000000) # so that a WAL tail is not snapshotted away right after the restart
+if part restart; then
 restart_single "$KEYS keys, snapshot only" "$work/base-0"
 restart_single "$KEYS keys, snapshot only, cold page cache" "$work/base-0" cold
 for tail in $TAILS; do
@@ -266,8 +274,10 @@ done
 restart_three "$KEYS keys, snapshot only" "$work/base-0"
 last_tail=${TAILS##* }
 restart_three "$KEYS keys, snapshot + $last_tail-entry WAL tail" "$work/base-$last_tail" "${hold[@]}"
+fi
 
 # ---- 1b. validation: a real HTTP load, restarted, against an offline directory of the same shape ----
+if part validate; then
 echo "== validation: $REAL_KEYS keys written through a follower (64 connections), then all 3 restarted"
 for n in 0 1 2; do rm -rf "$work/n$n" "$work/n$n.log"; done
 for n in 0 1 2; do start_node $n 3 "$work/n$n"; done
@@ -303,6 +313,7 @@ tail_real=$((commit - snap_real))
 "$bin/examples/make_datadir" "$work/base-real" "$snap_real" "$tail_real" | sed 's/^/  /'
 restart_three "offline directory of the same shape ($snap_real keys + $tail_real-entry tail)" "$work/base-real"
 rm -rf "$work/base-real"
+fi
 
 # ---- 2. snapshot pause and write time in a running node ----
 snapshot_pause() { # LABEL SIZE
@@ -324,8 +335,10 @@ snapshot_pause() { # LABEL SIZE
     py snapdone 60 "$(port $n)" 1
     out=$(py get "$(port $n)" stats.snapshots.last_pause_us stats.snapshots.last_write_ms stats.snapshots.last_size_bytes)
     read -r p w s <<<"$out"
-    pauses+="${pauses:+/}$((p / 1000))"
-    writes+="${writes:+/}$w"
+    local mark=""
+    [ "$size" -gt 1 ] && mark=$([ "$(port $n)" = "$leader" ] && echo "L:" || echo "F:")
+    pauses+="${pauses:+/}$mark$((p / 1000))"
+    writes+="${writes:+/}$mark$w"
     size_b=$s
     rss_after+="${rss_after:+/}$(rss_mib "${node_pid[$n]}")"
   done
@@ -334,8 +347,10 @@ snapshot_pause() { # LABEL SIZE
   row "snapshot of $KEYS keys: $label" \
     "pause (clone) ${pauses} ms, write ${writes} ms, $((size_b / 1048576)) MiB; RSS before ${rss_before} MiB (leader), after ${rss_after} MiB; 1-conn writes to the leader: $(grep '^latency:' "$work/latency.out" | sed 's/^latency: //')" "$l"
 }
+if part pause; then
 snapshot_pause "single node" 1
-snapshot_pause "3 nodes (leader/followers)" 3
+snapshot_pause "3 nodes (L: leader, F: follower)" 3
+fi
 
 # ---- 3. catch-up of a follower CATCHUP entries behind ----
 catchup() { # LABEL BASE [flags...]
@@ -374,10 +389,12 @@ catchup() { # LABEL BASE [flags...]
   row "catch-up, $CATCHUP entries behind: $label" \
     "$((commit - stopped_at)) entries behind; applied the leader's commit ($commit) ${took} s after its start; snapshots installed: $inst${installed_line:+ ($installed_line)}; leader took $snaps_l snapshots, last $((size_l / 1048576)) MiB" "$l"
 }
+if part catchup; then
 catchup "empty cluster, default flags (--snapshot-entries 10000)" "$empty_dir"
 catchup "empty cluster, --snapshot-entries 1000000 (no snapshot: by log)" "$empty_dir" --snapshot-entries 1000000
 catchup "$KEYS keys, default flags" "$work/base-0"
 catchup "$KEYS keys, --snapshot-entries 10000000 (by log)" "$work/base-0" --snapshot-entries 10000000
+fi
 
 echo
 echo "end: $(date -u '+%Y-%m-%d %H:%M UTC'), $(uptime | sed 's/.*load/load/')"
