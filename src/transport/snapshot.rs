@@ -23,9 +23,7 @@
 //!   receiver answered 1. A transfer stops early when the transport shuts down.
 //! - A transfer that takes longer than the transport's read timeout between two frames is abandoned.
 
-use super::{
-    connect, handshake, write_frame, Frame, FrameReader, Shared, Transport, KIND_SNAPSHOT,
-};
+use super::{handshake, write_frame, Frame, FrameReader, Shared, Transport, KIND_SNAPSHOT};
 use crate::raft::{Index, Message, MessageBody, NodeId, Term};
 use crossbeam_channel::Sender;
 use log::{info, warn};
@@ -113,8 +111,8 @@ fn send(sh: &Shared, snap: &OutgoingSnapshot) -> Result<u64, String> {
         .metadata()
         .map_err(|e| format!("stat {}: {e}", snap.path.display()))?
         .len();
-    let hello = handshake(&cfg.cluster, cfg.node_id, cfg.advertise_http, KIND_SNAPSHOT);
-    let mut w = connect(addr, cfg, &hello).map_err(|e| format!("connect to {addr}: {e}"))?;
+    let mut w = handshake::connect(addr, cfg, snap.to, KIND_SNAPSHOT)
+        .map_err(|e| format!("connect to {addr}: {e}"))?;
     let mut header = Vec::with_capacity(32);
     for v in [snap.term, snap.index, snap.last_term, total] {
         header.extend_from_slice(&v.to_le_bytes());
