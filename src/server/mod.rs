@@ -23,6 +23,7 @@ mod rest;
 
 use crate::config::{connect_addr, listen_addr, NodeConfig};
 use crate::raft::{Config as RaftConfig, Raft};
+use crate::storage::DataDirLock;
 use crate::transport::{Transport, TransportConfig};
 use api::ClientRequest;
 use crossbeam_channel::Sender;
@@ -58,6 +59,8 @@ pub struct Node {
     raft_thread: Option<JoinHandle<Result<(), String>>>,
     workers: Vec<JoinHandle<()>>,
     clients: Sender<ClientRequest>,
+    /// Held for the node's lifetime; dropped last.
+    _lock: DataDirLock,
 }
 
 impl Node {
@@ -71,6 +74,8 @@ impl Node {
                 cfg.data_dir.display()
             ))
         })?;
+        // Before anything in the directory is read or written.
+        let lock = DataDirLock::acquire(&cfg.data_dir).map_err(ServerError)?;
         let recovery::Recovered {
             wal,
             init,
@@ -138,9 +143,9 @@ impl Node {
         let raft_thread = std::thread::Builder::new()
             .name(format!("raft-{id}"))
             .spawn(move || {
-                let r = lp.run();
+                let r = lp.run().map_err(|e| fatal_message(id, &e));
                 if let Err(e) = &r {
-                    error!("[n{id}] raft loop failed: {e}");
+                    error!("{e}");
                 }
                 // Stop accepting requests that could no longer be served.
                 for _ in 0..1024 {
@@ -173,6 +178,7 @@ impl Node {
             raft_thread: Some(raft_thread),
             workers,
             clients: client_tx,
+            _lock: lock,
         })
     }
 
@@ -189,9 +195,23 @@ impl Node {
         self.clients.clone()
     }
 
-    /// Blocks until the Raft thread stops (it only stops on shutdown or a fatal storage error).
+    /// Blocks until the Raft thread stops (it only stops on shutdown or a fatal storage error). After a
+    /// fatal error the HTTP workers get [`FATAL_GRACE`] to send the error answers already handed to them;
+    /// one still stuck then (on a slow client) is left behind for the process exit to end.
     pub fn wait(mut self) -> Result<(), ServerError> {
         let r = self.join_raft();
+        if r.is_err() {
+            for _ in 0..self.workers.len() {
+                self.http.unblock();
+            }
+            let deadline = std::time::Instant::now() + FATAL_GRACE;
+            while std::time::Instant::now() < deadline
+                && !self.workers.iter().all(|w| w.is_finished())
+            {
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
+            return r;
+        }
         self.stop_http();
         r
     }
@@ -220,6 +240,23 @@ impl Node {
             let _ = w.join();
         }
     }
+}
+
+/// How long HTTP workers may take to send their last answers after a fatal error.
+pub const FATAL_GRACE: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// The one log line (and exit message) for a fatal error of the Raft thread.
+fn fatal_message(id: u64, e: &str) -> String {
+    let hint = if e.contains("os error 28") || e.contains("No space left") {
+        "the data directory's file system is full: free space, then restart this node (the WAL cuts off \
+         a torn last record on open)"
+    } else {
+        "check the disk and the kernel log (dmesg) before restarting this node"
+    };
+    format!(
+        "[n{id}] FATAL: {e}. The node stopped: nothing after this failure was acknowledged, and waiting \
+         requests were answered 500 storage_failure. {hint}"
+    )
 }
 
 /// Each node needs its own randomness (identical election timeouts would split every vote).

@@ -20,7 +20,13 @@
 //! - A lease read (`consistency=lease`) is answered without a heartbeat round only while the core says the
 //!   lease holds; otherwise it takes the read-index path like a linearizable read.
 //! - The loop never blocks on the network: the transport's `send` only enqueues.
-//! - A storage failure is fatal: the loop stops, and the node with it, since what is durable is unknown.
+//! - A storage failure is fatal: the loop stops, and the node with it, since what is durable is unknown
+//!   (after a failed fsync the kernel may have dropped the dirty pages: retrying could report data durable
+//!   that is not). Nothing after the failure is persisted, sent, applied or acknowledged: the failing
+//!   ready cycle stops before its post-persist messages, applies and answers. Every waiting client and
+//!   every request still queued is answered `storage_failure` (500, outcome unknown) at once, then the
+//!   loop returns the error and the process exits non-zero. A full disk (ENOSPC) is handled the same way;
+//!   the WAL's torn-tail repair makes the restart clean once space is freed.
 //! - Metrics cost the loop only relaxed atomic adds and stores (see `super::metrics`); role, term and leader
 //!   changes are derived from the core's read-only state after every tick and peer message, never by
 //!   changing the core.
@@ -158,6 +164,40 @@ impl RaftLoop {
 
     /// Runs until shutdown or a fatal storage error.
     pub fn run(mut self) -> Result<(), String> {
+        if let Err(e) = self.serve() {
+            self.fence(&e);
+            return Err(e);
+        }
+        info!("[n{}] raft loop stopping", self.cfg.id);
+        self.fail_all(ApiError::LeaderChanged);
+        self.transport.shutdown();
+        Ok(())
+    }
+
+    /// After a storage failure: answers every waiting and queued request `storage_failure`. The transport
+    /// is not shut down gracefully (a reader blocked on the full inbound queue would hold it up); its
+    /// threads end with the process.
+    fn fence(&mut self, e: &str) {
+        let err = ApiError::StorageFailure(format!(
+            "node {} stopped after a storage failure ({e}); the outcome of this request is unknown",
+            self.cfg.id
+        ));
+        self.fail_all(err.clone());
+        while let Ok(r) = self.client_rx.try_recv() {
+            match r {
+                ClientRequest::Write { reply, .. } => {
+                    let _ = reply.send(Err(err.clone()));
+                }
+                ClientRequest::Read { reply, .. } => {
+                    let _ = reply.send(Err(err.clone()));
+                }
+                ClientRequest::Status { .. } => {}
+            }
+        }
+    }
+
+    /// The loop proper; returns on shutdown (`Ok`) or at the first storage failure.
+    fn serve(&mut self) -> Result<(), String> {
         let ticker = crossbeam_channel::tick(self.cfg.tick);
         // Re-apply what the log says is committed before serving anything.
         self.process_ready()?;
@@ -206,9 +246,6 @@ impl RaftLoop {
             }
             self.process_ready()?;
         }
-        info!("[n{}] raft loop stopping", self.cfg.id);
-        self.fail_all(ApiError::LeaderChanged);
-        self.transport.shutdown();
         Ok(())
     }
 

@@ -1,9 +1,13 @@
-//! Durable storage: the write-ahead log ([`Wal`]) and the snapshot files ([`SnapshotStore`]).
+//! Durable storage: the write-ahead log ([`Wal`]), the snapshot files ([`SnapshotStore`]) and the data
+//! directory lock ([`DataDirLock`]: one process per data directory).
 //!
 //! Errors name the file, the operation and (for corruption) the offset, so an operator knows what to look at.
 
+mod lock;
 mod snapshot;
 mod wal;
+
+pub use lock::{DataDirLock, LOCK_FILE};
 
 pub use snapshot::{
     IncomingSnapshot, SnapshotMeta, SnapshotReader, SnapshotStore, SNAPSHOT_HEADER_LEN,
