@@ -96,12 +96,9 @@ fn a_cluster_with_a_token_works_and_a_node_with_another_token_is_kept_out() {
         s["leader"].is_null() || s["leader"] == c.nodes[f].id,
         "the outsider learned a leader: {s}"
     );
-    // It still has what it had before its restart, nothing written since.
-    assert_eq!(
-        c.get_relaxed(f, "k").unwrap().text(),
-        "v1",
-        "the outsider got data"
-    );
+    // Nothing written since its restart reached it (it may or may not have applied v1 before).
+    let r = c.get_relaxed(f, "k").unwrap();
+    assert_ne!(r.text(), "v2", "the outsider got data");
     // With the right token again it catches up.
     c.kill(f);
     std::fs::write(&token, "the e2e cluster's shared secret\n").unwrap();

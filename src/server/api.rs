@@ -110,8 +110,6 @@ pub enum ApiError {
     Busy,
     /// No answer in time: outcome unknown.
     Timeout,
-    /// The request head has too many or too large header fields.
-    HeadersTooLarge(String),
     /// This node hit a storage failure (a failed write or fsync, a full disk) and stopped: outcome unknown.
     StorageFailure(String),
     Internal(String),
@@ -132,7 +130,6 @@ impl ApiError {
             ApiError::LeaderChanged => (503, "leader_changed"),
             ApiError::Busy => (503, "busy"),
             ApiError::Timeout => (504, "timeout"),
-            ApiError::HeadersTooLarge(_) => (431, "headers_too_large"),
             ApiError::StorageFailure(_) => (500, "storage_failure"),
             ApiError::Internal(_) => (500, "internal"),
         }
@@ -152,7 +149,6 @@ impl ApiError {
             | ApiError::MethodNotAllowed(m)
             | ApiError::TooLarge(m)
             | ApiError::NotFound(m)
-            | ApiError::HeadersTooLarge(m)
             | ApiError::StorageFailure(m)
             | ApiError::Internal(m) => m.clone(),
             ApiError::NoLeader => {
