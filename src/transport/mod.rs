@@ -454,6 +454,7 @@ fn reader(sh: Shared, mut stream: TcpStream, addr: SocketAddr, inbound: Sender<M
     sh.handshaking.fetch_sub(1, Ordering::SeqCst);
     let peer = match accepted {
         Ok(a) => a,
+        Err(_) if sh.stop.load(Ordering::SeqCst) => return,
         Err(e) => {
             sh.refuse(addr, &e);
             return;
