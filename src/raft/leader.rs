@@ -6,7 +6,7 @@ use super::message::*;
 use super::node::{Raft, ReadState, RequestError, RoleState};
 use super::progress::{Progress, ProgressState};
 use log::{debug, info};
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 /// A read waiting for its read-index round (thesis §6.4).
 #[derive(Debug, Clone)]
@@ -93,6 +93,22 @@ impl Raft {
 impl LeaderState {
     pub(super) fn progress_mut(&mut self, peer: NodeId) -> Option<&mut Progress> {
         self.progress.get_mut(&peer)
+    }
+
+    /// The highest heartbeat round a quorum of `voters` acknowledged (`me` counts with its own round).
+    fn round_acked_by_quorum(&self, voters: &BTreeSet<NodeId>, me: NodeId, quorum: usize) -> u64 {
+        let mut acked: Vec<u64> = voters
+            .iter()
+            .map(|v| {
+                if *v == me {
+                    self.read_seq
+                } else {
+                    self.progress.get(v).map(|p| p.read_seq).unwrap_or(0)
+                }
+            })
+            .collect();
+        acked.sort_unstable_by(|a, b| b.cmp(a));
+        acked[quorum - 1]
     }
 
     pub(super) fn retain_progress(&mut self, keep: impl Fn(NodeId) -> bool) {
@@ -575,18 +591,7 @@ impl Raft {
         let voters = self.membership.voters.clone();
         let id = self.id;
         let ls = self.leader_state();
-        let mut acked: Vec<u64> = voters
-            .iter()
-            .map(|v| {
-                if *v == id {
-                    ls.read_seq
-                } else {
-                    ls.progress.get(v).map(|p| p.read_seq).unwrap_or(0)
-                }
-            })
-            .collect();
-        acked.sort_unstable_by(|a, b| b.cmp(a));
-        let confirmed = acked[quorum - 1];
+        let confirmed = ls.round_acked_by_quorum(&voters, id, quorum);
         let mut done = Vec::new();
         while ls.pending_reads.front().is_some_and(|r| r.seq <= confirmed) {
             done.extend(ls.pending_reads.pop_front());
@@ -630,20 +635,7 @@ impl Raft {
         if self.log.term(committed) != Some(self.term) {
             return None;
         }
-        let mut acked: Vec<u64> = self
-            .membership
-            .voters
-            .iter()
-            .map(|v| {
-                if *v == self.id {
-                    ls.read_seq
-                } else {
-                    ls.progress.get(v).map(|p| p.read_seq).unwrap_or(0)
-                }
-            })
-            .collect();
-        acked.sort_unstable_by(|a, b| b.cmp(a));
-        let seq = acked[self.quorum() - 1];
+        let seq = ls.round_acked_by_quorum(&self.membership.voters, self.id, self.quorum());
         // The round's start, or an earlier tick (conservative) when it was not the first of its tick.
         let start = ls
             .rounds

@@ -14,7 +14,7 @@
 
 use super::api::{ApiError, ClientRequest};
 use super::cluster::Addrs;
-use super::http::{header, json_response, HttpResponse};
+use super::http::{header, json_response, submit, wait, HttpResponse};
 use crate::config::{check_addr, NodeConfig};
 use crate::http_client::HttpClient;
 use crate::raft::{MembershipChange, NodeId};
@@ -211,18 +211,4 @@ fn read_body(req: &mut Request) -> Result<Vec<u8>, ApiError> {
         return Err(ApiError::TooLarge(format!("body over {MAX_BODY} bytes")));
     }
     Ok(body)
-}
-
-fn submit(to_raft: &Sender<ClientRequest>, r: ClientRequest) -> Result<(), ApiError> {
-    to_raft.try_send(r).map_err(|e| match e {
-        crossbeam_channel::TrySendError::Full(_) => ApiError::Busy,
-        crossbeam_channel::TrySendError::Disconnected(_) => {
-            ApiError::Internal("the node is shutting down".into())
-        }
-    })
-}
-
-fn wait<T>(rx: crossbeam_channel::Receiver<T>, cfg: &NodeConfig) -> Result<T, ApiError> {
-    rx.recv_timeout(cfg.request_timeout + Duration::from_secs(1))
-        .map_err(|_| ApiError::Timeout)
 }

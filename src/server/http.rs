@@ -344,7 +344,7 @@ pub(super) fn write(
     wait(rx, cfg)?
 }
 
-fn submit(to_raft: &Sender<ClientRequest>, req: ClientRequest) -> Result<(), ApiError> {
+pub(super) fn submit(to_raft: &Sender<ClientRequest>, req: ClientRequest) -> Result<(), ApiError> {
     match to_raft.try_send(req) {
         Ok(()) => Ok(()),
         Err(TrySendError::Full(_)) => Err(ApiError::Busy),
@@ -356,7 +356,7 @@ fn submit(to_raft: &Sender<ClientRequest>, req: ClientRequest) -> Result<(), Api
 
 /// Waits for the Raft thread's answer. It enforces the request timeout itself; the margin here only covers
 /// a Raft thread that is stuck (e.g. on a very slow disk).
-fn wait<T>(rx: Receiver<T>, cfg: &NodeConfig) -> Result<T, ApiError> {
+pub(super) fn wait<T>(rx: Receiver<T>, cfg: &NodeConfig) -> Result<T, ApiError> {
     rx.recv_timeout(cfg.request_timeout + Duration::from_secs(1))
         .map_err(|e| match e {
             crossbeam_channel::RecvTimeoutError::Timeout => ApiError::Timeout,

@@ -13,7 +13,7 @@
 //!   `InstallSnapshot` message. Installing it, when the core accepts it, replaces the state machine and
 //!   restarts the WAL after it, before anything else of that turn is persisted or sent. Writes waiting for
 //!   entries the snapshot covers learn only that their outcome is unknown (`leader_changed`).
-//! - Restart: the newest valid snapshot is loaded and the WAL replayed after it (see `Node::start`).
+//! - Restart: the newest valid snapshot is loaded and the WAL replayed after it (see `recovery.rs`).
 
 use super::{ApiError, RaftLoop};
 use crate::kv::KvStore;
