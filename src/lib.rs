@@ -11,9 +11,13 @@
 pub mod check;
 pub mod codec;
 pub mod config;
+pub mod embed;
 pub mod http_client;
 pub mod kv;
+pub mod machine;
 pub mod raft;
 pub mod server;
 pub mod storage;
 pub mod transport;
+
+pub use machine::StateMachine;
