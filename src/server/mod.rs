@@ -15,7 +15,7 @@
 //! binary calls: start a node and serve until the Raft thread stops.
 //!
 //! The Raft side (data directory lock, recovery, core, transport, the Raft thread) is started by
-//! [`prepare`] and [`Prepared::spawn`], generic over the [`StateMachine`]: the key-value [`Node`] runs it
+//! `prepare` and `Prepared::spawn`, generic over the [`StateMachine`]: the key-value [`Node`] runs it
 //! with the `KvMachine` and its HTTP workers, an [`crate::embed::Node`] with the embedder's state machine
 //! and no HTTP.
 

@@ -2,9 +2,8 @@
 //! fell behind the log, and installing the ones a leader sends.
 //!
 //! Rules this module keeps:
-//! - Taking a snapshot stops the Raft thread only for the copy of the state machine
-//!   (`StateMachine::snapshot`: for the key-value store, `KvStore::clone`); a background thread runs the
-//!   writer it returns, which serializes the copy, and writes the file (temp file, fsync, rename, directory
+//! - Taking a snapshot stops the Raft thread only for the copy of the state machine (`KvStore::clone`); a
+//!   background thread serializes the copy and writes the file (temp file, fsync, rename, directory
 //!   fsync). Only once the file is durable are the core's log and the WAL compacted, keeping
 //!   `log_keep_entries` entries before it. At most one snapshot is being taken at a time; a failed one
 //!   is retried no sooner than a second later.
@@ -15,6 +14,9 @@
 //!   restarts the WAL after it, before anything else of that turn is persisted or sent. Writes waiting for
 //!   entries the snapshot covers learn only that their outcome is unknown (`leader_changed`).
 //! - Restart: the newest valid snapshot is loaded and the WAL replayed after it (see `recovery.rs`).
+//!
+//! The state machine is any [`StateMachine`]: the copy is what its `snapshot` returns (for the key-value
+//! store, the clone above) and the background thread runs that writer; installing calls its `restore`.
 
 use super::{ApiError, RaftLoop, Request};
 use crate::machine::StateMachine;
