@@ -35,6 +35,14 @@
 //! the state machine passed in (in its initial state) is restored from the newest snapshot, then the
 //! committed entries after it are applied again. The directory is locked while a node runs in it.
 //!
+//! # Failures
+//! A storage failure (a failed WAL write or fsync, a full disk) stops the node as it stops the server:
+//! every waiting call gets [`Error::Stopped`], nothing after the failure is acknowledged, and
+//! [`Node::shutdown`] / [`Node::halt`] return the error. The peer transport's threads (and its listening
+//! socket) are then left to the process's exit, as in the server (a reader blocked on a full queue could
+//! hold up a graceful stop): restart the process before starting a node on that address again. A panic in
+//! the state machine stops the Raft thread the same way ([`Error::Stopped`]).
+//!
 //! # Membership
 //! The members are fixed by [`Config::members`] (every member must be started with the same list). The
 //! runtime supports membership changes (the key-value server exposes them over HTTP); this API does not
