@@ -14,6 +14,11 @@
 //!   token (the client's, or one generated here). If the leader changes while it is in flight, the same
 //!   bytes are proposed again (as soon as a leader is known, until the deadline); the state machine applies
 //!   the token once and answers a repeat with the first result.
+//!   Only for state machines that apply tokens (the request says so: the key-value store does); other
+//!   proposals lost in a leader change are answered `leader_changed` (outcome unknown).
+//! - The state machine is any `StateMachine` (`crate::machine`); the loop keeps its applied index, and
+//!   client requests are the generic `Request`s of `request.rs` (the HTTP layer's `ClientRequest`s are
+//!   converted in `kv_machine.rs`).
 //! - The core's clock follows real time: every tick event (and every lease read) first catches up on the
 //!   ticks that are due, so a paused process (SIGSTOP, a long GC-like stall, an overloaded machine) sees
 //!   its missed ticks before it serves anything from a lease.
