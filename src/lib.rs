@@ -1,15 +1,7 @@
 //! Hash Nimbus: a small, embeddable, tokio-free Raft key-value store.
 //!
-//! Layers (each a module, each testable alone):
-//! - [`raft`]: the pure, deterministic consensus core (no I/O, no clocks, seeded randomness);
-//! - [`storage`]: the write-ahead log and the snapshot files on disk;
-//! - [`transport`]: framed messages between peers over TCP;
-//! - [`kv`]: the replicated key-value state machine;
-//! - [`server`]: the node runtime joining them (the Raft thread's select loop and the HTTP API);
-//! - [`config`]: flags and their validation; [`codec`]: the binary encoding; [`http_client`]: a small
-//!   blocking HTTP client for tools and tests.
-//! - [`machine`]: the [`StateMachine`] trait the runtime replicates (the key-value store is one
-//!   implementation); [`embed`]: a node with your own state machine in your own process, no HTTP.
+//! It runs as the `nimbus` server (an HTTP key-value API, see the README), or inside your own program
+//! with your own replicated state machine ([`embed`]).
 //!
 //! # Tutorial: embedding a replicated state machine
 //!
@@ -82,18 +74,33 @@
 //! stops the leader, and shows the new leader taking over with the state intact (`tests/embedded.rs` runs
 //! it in CI). `docs/embedding.md` covers the design: what the runtime guarantees, and what it asks of a
 //! state machine.
+//!
+//! # Layers
+//!
+//! Layers (each a module, each testable alone):
+//! - [`raft`]: the pure, deterministic consensus core (no I/O, no clocks, seeded randomness);
+//! - [`storage`]: the write-ahead log and the snapshot files on disk;
+//! - [`transport`]: framed messages between peers over TCP;
+//! - [`kv`]: the replicated key-value state machine;
+//! - [`machine`]: the [`StateMachine`] trait the runtime replicates (the key-value store is one
+//!   implementation); [`embed`]: a node with your own state machine in your own process, no HTTP;
+//! - [`server`]: the node runtime joining them (the Raft thread's select loop and the HTTP API);
+//! - [`config`]: flags and their validation; [`codec`]: the binary encoding; [`http_client`]: a small
+//!   blocking HTTP client for tools and tests.
 pub mod check;
 pub mod codec;
 pub mod config;
-#[deny(missing_docs)]
-pub mod embed;
 pub mod http_client;
 pub mod kv;
-#[deny(missing_docs)]
-pub mod machine;
 pub mod raft;
 pub mod server;
 pub mod storage;
 pub mod transport;
+
+// The embedding API (issue #10): every public item documented.
+#[deny(missing_docs)]
+pub mod embed;
+#[deny(missing_docs)]
+pub mod machine;
 
 pub use machine::StateMachine;
