@@ -6,11 +6,13 @@
 //! - [`transport`]: framed messages between peers over TCP;
 //! - [`kv`]: the replicated key-value state machine;
 //! - [`server`]: the node runtime joining them (the Raft thread's select loop and the HTTP API);
+//! - [`dev`]: `nimbus dev`, a local cluster of child processes for a first look;
 //! - [`config`]: flags and their validation; [`codec`]: the binary encoding; [`http_client`]: a small
 //!   blocking HTTP client for tools and tests.
 pub mod check;
 pub mod codec;
 pub mod config;
+pub mod dev;
 pub mod http_client;
 pub mod kv;
 pub mod raft;
