@@ -85,11 +85,13 @@
 //! - [`machine`]: the [`StateMachine`] trait the runtime replicates (the key-value store is one
 //!   implementation); [`embed`]: a node with your own state machine in your own process, no HTTP;
 //! - [`server`]: the node runtime joining them (the Raft thread's select loop and the HTTP API);
+//! - [`dev`]: `nimbus dev`, a local cluster of child processes for a first look;
 //! - [`config`]: flags and their validation; [`codec`]: the binary encoding; [`http_client`]: a small
 //!   blocking HTTP client for tools and tests.
 pub mod check;
 pub mod codec;
 pub mod config;
+pub mod dev;
 pub mod http_client;
 pub mod kv;
 pub mod raft;
