@@ -7,7 +7,9 @@
 //! - [`kv`]: the replicated key-value state machine;
 //! - [`server`]: the node runtime joining them (the Raft thread's select loop and the HTTP API);
 //! - [`config`]: flags and their validation; [`codec`]: the binary encoding; [`http_client`]: a small
-//!   blocking HTTP client for tools and tests.
+//!   blocking HTTP client for tools and tests;
+//! - [`check`]: a linearizability checker and its workload; [`bench`]: the `nimbus bench` load generator.
+pub mod bench;
 pub mod check;
 pub mod codec;
 pub mod config;
