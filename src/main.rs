@@ -66,7 +66,7 @@ struct BenchArgs {
     /// Seconds of load before measuring.
     #[arg(long, default_value_t = 1.0)]
     warmup: f64,
-    /// Key space: keys <prefix>00000000 .. (preloaded before read and mixed runs).
+    /// Key space: keys PREFIX00000000 and up (preloaded before read and mixed runs).
     #[arg(long, default_value_t = 1000)]
     keys: u64,
     /// Bytes per value.
