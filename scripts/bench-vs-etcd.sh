@@ -20,7 +20,8 @@
 #
 # Writes to the results dir: context.txt (date, machine, load average, versions), results.csv and
 # results.jsonl (one row / one `nimbus bench --json` object per run, with the load average before it),
-# rss.csv, table.md (the side-by-side table, also printed) and bench-writes.svg (scripts/chart.py).
+# rss.csv, nimbus-leader.csv (the nimbus leader's term, key count and snapshot counters after each run),
+# table.md (the side-by-side table, also printed) and bench-writes.svg (scripts/chart.py).
 # Installs etcd-server and wrk with apt-get if missing. Stops everything it started, whatever happens.
 # Exit status 1 if any run failed or counted errors.
 set -euo pipefail
@@ -111,6 +112,7 @@ jsonl="$results/results.jsonl"
 echo "system,label,tool,workload,consistency,connections,ops_per_sec,p50_ms,p90_ms,p99_ms,p999_ms,max_ms,errors,client_cpu_pct,load1_before" >"$csv"
 : >"$jsonl"
 echo "system,node,role,vmrss_kib" >"$results/rss.csv"
+echo "label,term,role,keys,snapshots_taken,last_snapshot_pause_us" >"$results/nimbus-leader.csv"
 
 # --- clusters ---------------------------------------------------------------------------------------------
 leader=""
@@ -194,6 +196,15 @@ print("  %-6s %-22s %10.1f ops/s  p50 %7.3f  p99 %7.3f  p99.9 %8.3f ms  errors %
          s["client_cpu_pct"], load))
 sys.exit(1 if s["errors"] else 0)
 PY
+  if [ "$system" = nimbus ]; then
+    # The leader's term and snapshot counters after each run: a term change means an election mid-run, and
+    # snapshots pause the Raft thread while the state is cloned (docs/benchmarks.md, "Snapshots").
+    curl -fsS --max-time 2 "http://127.0.0.1:$port/status" 2>/dev/null | python3 -c '
+import json, sys
+s = json.load(sys.stdin); sn = s["stats"]["snapshots"]
+print("%s,%s,%s,%s,%s,%s" % (sys.argv[1], s["term"], s["role"], s.get("keys", ""), sn["taken"], sn["last_pause_us"]))' \
+      "$label" >>"$results/nimbus-leader.csv" || echo "$label,,,,," >>"$results/nimbus-leader.csv"
+  fi
 }
 
 # wrk cross-check: fresh keys at 64 connections, 2 threads, SECS seconds.
@@ -301,5 +312,5 @@ echo
 cat "$results/table.md"
 python3 scripts/chart.py "$csv" "$results/bench-writes.svg" --title "Writes/s vs connections (3 nodes, loopback, fsync on; $(nproc) cores shared)"
 echo
-echo "results in $results (context.txt, results.csv, results.jsonl, rss.csv, table.md, bench-writes.svg)"
+echo "results in $results (context.txt, results.csv, results.jsonl, rss.csv, nimbus-leader.csv, table.md, bench-writes.svg)"
 [ $failed = 0 ] || { echo "some runs failed or counted errors (see above)" >&2; exit 1; }

@@ -10,12 +10,13 @@ no external fonts). Python 3 standard library only.
 import csv
 import math
 import sys
+import textwrap
 from xml.sax.saxutils import escape
 
 COLORS = {"nimbus": "#1f77b4", "etcd": "#d62728"}
 OTHER = ["#2ca02c", "#9467bd", "#8c564b"]
 W, H = 720, 420
-LEFT, RIGHT, TOP, BOTTOM = 80, 150, 50, 60
+LEFT, RIGHT, BOTTOM = 80, 150, 60
 
 
 def nice_step(span, ticks=6):
@@ -54,6 +55,9 @@ def main(argv):
     ymax = max(y for pts in series.values() for _, y in pts) or 1.0
     step = nice_step(ymax * 1.05)
     ytop = step * math.ceil(ymax * 1.05 / step)
+    # A long title wraps (about 9.5 px per character at 15 px bold, to be safe) and pushes the plot down.
+    title_lines = textwrap.wrap(title, width=int((W - 40) / 9.5)) or [""]
+    TOP = 30 + 20 * len(title_lines)
     lx0, lx1 = math.log2(xs[0]), math.log2(xs[-1])
     pw, ph = W - LEFT - RIGHT, H - TOP - BOTTOM
 
@@ -69,7 +73,8 @@ def main(argv):
     o.append('<svg xmlns="http://www.w3.org/2000/svg" width="%d" height="%d" viewBox="0 0 %d %d" '
              'font-family="sans-serif" font-size="12">' % (W, H, W, H))
     o.append('<rect width="100%" height="100%" fill="white"/>')
-    o.append('<text x="%d" y="28" font-size="15" font-weight="bold">%s</text>' % (LEFT, escape(title)))
+    for i, line in enumerate(title_lines):
+        o.append('<text x="20" y="%d" font-size="15" font-weight="bold">%s</text>' % (26 + 20 * i, escape(line)))
     # Grid and y axis labels.
     y = 0.0
     while y <= ytop + 1e-9:
