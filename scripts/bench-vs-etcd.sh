@@ -17,6 +17,8 @@
 # Usage: scripts/bench-vs-etcd.sh [results-dir]          (default: target/bench-vs-etcd)
 # Env:   SECS=5 WARMUP=1       measured and warmup seconds per run (about 4 minutes in all with the defaults)
 #        CONCURRENCY="1 8 16 32 64 128"   READ_CONNS=64   SYSTEMS="nimbus etcd"   WRK_CHECK=1
+#        NIMBUS_FLAGS="..." ETCD_FLAGS="..."  extra flags for every node (split on spaces), e.g.
+#                           NIMBUS_FLAGS="--snapshot-entries 10000000" to take no snapshot during the runs
 #
 # Writes to the results dir: context.txt (date, machine, load average, versions), results.csv and
 # results.jsonl (one row / one `nimbus bench --json` object per run, with the load average before it),
@@ -34,6 +36,8 @@ concurrency=${CONCURRENCY:-1 8 16 32 64 128}
 read_conns=${READ_CONNS:-64}
 systems=${SYSTEMS:-nimbus etcd}
 wrk_check=${WRK_CHECK:-1}
+read -r -a nimbus_flags <<<"${NIMBUS_FLAGS:-}"
+read -r -a etcd_flags <<<"${ETCD_FLAGS:-}"
 results=${1:-target/bench-vs-etcd}
 [[ "$secs" =~ ^[0-9]+$ && "$secs" -ge 1 && "$secs" -le 600 ]] || { echo "SECS must be 1..600" >&2; exit 2; }
 [[ "$warmup" =~ ^[0-9]+$ && "$warmup" -le 60 ]] || { echo "WARMUP must be 0..60" >&2; exit 2; }
@@ -105,6 +109,7 @@ trap 'exit 130' INT TERM
   echo "nimbus: $(git rev-parse --short HEAD 2>/dev/null || echo '?')$(git diff --quiet HEAD 2>/dev/null || echo '+uncommitted')"
   echo "etcd: $(etcd --version 2>/dev/null | head -1 | sed 's/etcd Version: //')"
   echo "runs: ${secs} s measured after ${warmup} s warmup; writes at: $concurrency; reads at $read_conns connections"
+  echo "extra flags: nimbus: ${NIMBUS_FLAGS:-none}; etcd: ${ETCD_FLAGS:-none}"
 } | tee "$results/context.txt"
 
 csv="$results/results.csv"
@@ -121,7 +126,7 @@ start_nimbus() {
   local n c="1,127.0.0.1:16031;2,127.0.0.1:16032;3,127.0.0.1:16033"
   for n in 0 1 2; do
     RUST_LOG=warn "$bin" --node $n --http "127.0.0.1:${nports[n]}" --cluster "$c" \
-      --data-dir "$dir/nimbus-$n" 2>"$dir/nimbus-$n.log" &
+      --data-dir "$dir/nimbus-$n" ${nimbus_flags[@]+"${nimbus_flags[@]}"} 2>"$dir/nimbus-$n.log" &
     pids+=($!)
     node_pid[n]=$!
   done
@@ -147,7 +152,7 @@ start_etcd() {
     etcd --name "e$n" --data-dir "$dir/etcd-$n" --listen-client-urls "$cu" --advertise-client-urls "$cu" \
       --listen-peer-urls "$pu" --initial-advertise-peer-urls "$pu" --initial-cluster "$ic" \
       --initial-cluster-state new --initial-cluster-token bench-vs-etcd --enable-v2=true \
-      --logger zap --log-outputs stderr 2>"$dir/etcd-$n.log" &
+      --logger zap --log-outputs stderr ${etcd_flags[@]+"${etcd_flags[@]}"} 2>"$dir/etcd-$n.log" &
     pids+=($!)
     node_pid[n]=$!
   done
