@@ -87,7 +87,9 @@
 //! - [`server`]: the node runtime joining them (the Raft thread's select loop and the HTTP API);
 //! - [`dev`]: `nimbus dev`, a local cluster of child processes for a first look;
 //! - [`config`]: flags and their validation; [`codec`]: the binary encoding; [`http_client`]: a small
-//!   blocking HTTP client for tools and tests.
+//!   blocking HTTP client for tools and tests;
+//! - [`check`]: a linearizability checker and its workload; [`mod@bench`]: the `nimbus bench` load generator.
+pub mod bench;
 pub mod check;
 pub mod codec;
 pub mod config;

@@ -9,6 +9,8 @@
 //!
 //! `nimbus dev` starts a local cluster (3 nodes by default) as child processes and watches it; see
 //! [`hash_nimbus::dev`].
+//! `nimbus bench --target 127.0.0.1:2021 --workload write -c 16 --duration 10` loads a running cluster (or
+//! an etcd with `--api etcd-v2`) and prints throughput, errors and latency quantiles (`--json`: one line).
 
 use clap::{Args, Parser, Subcommand};
 use hash_nimbus::config::{listen_addr, parse_cluster, NodeConfig};
@@ -39,6 +41,65 @@ enum Sub {
     Check(CheckArgs),
     /// Start a local cluster of N nodes (child processes) and watch it; Ctrl-C stops them all.
     Dev(hash_nimbus::dev::DevArgs),
+    /// Load a running cluster (or etcd through its v2 API) and report throughput and latency.
+    Bench(BenchArgs),
+}
+
+#[derive(Args, Debug)]
+struct BenchArgs {
+    /// HTTP address(es) to load, host:port (loopback only); repeat the flag or separate with commas.
+    /// Connections are spread round-robin over them.
+    #[arg(long, value_delimiter = ',', required = true)]
+    target: Vec<String>,
+    /// write, read or mixed.
+    #[arg(long, default_value = "write")]
+    workload: hash_nimbus::bench::Workload,
+    /// Reads: linearizable, lease or stale (default linearizable; etcd-v2: linearizable = quorum=true,
+    /// stale = a plain local GET).
+    #[arg(long)]
+    consistency: Option<hash_nimbus::bench::Consistency>,
+    /// Percentage of reads in --workload mixed (default 50).
+    #[arg(long)]
+    read_percent: Option<u64>,
+    /// Concurrent connections (one thread each), opened one at a time before the run.
+    #[arg(long, short = 'c', default_value_t = 8)]
+    connections: usize,
+    /// Measured seconds (fractions allowed).
+    #[arg(long, default_value_t = 10.0)]
+    duration: f64,
+    /// Seconds of load before measuring.
+    #[arg(long, default_value_t = 1.0)]
+    warmup: f64,
+    /// Key space: keys PREFIX00000000 and up (preloaded before read and mixed runs).
+    #[arg(long, default_value_t = 1000)]
+    keys: u64,
+    /// Bytes per value.
+    #[arg(long, default_value_t = 100)]
+    value_size: usize,
+    /// Writes go to fresh keys (never written before) instead of the key space.
+    #[arg(long)]
+    unique_keys: bool,
+    /// Read and mixed runs: do not preload the key space (it was written before).
+    #[arg(long)]
+    no_preload: bool,
+    /// nimbus (/set, /get) or etcd-v2 (PUT and GET /v2/keys/K).
+    #[arg(long, default_value = "nimbus")]
+    api: hash_nimbus::bench::Api,
+    /// Per-request timeout (connect, write, read) in milliseconds.
+    #[arg(long, default_value_t = 5000)]
+    timeout_ms: u64,
+    /// Prefix of every key (A-Z a-z 0-9 - _ .).
+    #[arg(long, default_value = "bench-")]
+    key_prefix: String,
+    /// Seed of the key and operation choices.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// Print the summary as one JSON line.
+    #[arg(long)]
+    json: bool,
+    /// No progress lines on stderr.
+    #[arg(long, short = 'q')]
+    quiet: bool,
 }
 
 #[derive(Args, Debug)]
@@ -182,6 +243,55 @@ fn build_config(mut cli: NodeArgs) -> Result<NodeConfig, String> {
     Ok(cfg)
 }
 
+/// `nimbus bench`: exit 0 after a run (whatever its error count: see the summary), 1 if the run could not
+/// be made (probe or preload failed), 2 on bad flags.
+fn bench(args: BenchArgs) -> ExitCode {
+    use hash_nimbus::bench;
+    let flags = bench::Flags {
+        targets: args.target,
+        api: args.api,
+        workload: args.workload,
+        consistency: args.consistency,
+        read_percent: args.read_percent,
+        connections: args.connections,
+        duration_secs: args.duration,
+        warmup_secs: args.warmup,
+        keys: args.keys,
+        value_size: args.value_size,
+        unique_keys: args.unique_keys,
+        no_preload: args.no_preload,
+        timeout_ms: args.timeout_ms,
+        key_prefix: args.key_prefix,
+        seed: args.seed,
+    };
+    let cfg = match flags.validate() {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("nimbus bench: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let mut progress: Box<dyn std::io::Write> = if args.quiet {
+        Box::new(std::io::sink())
+    } else {
+        Box::new(std::io::stderr())
+    };
+    match bench::run(cfg, &mut progress) {
+        Ok(o) if args.json => {
+            println!("{}", bench::report::to_json(&o));
+            ExitCode::SUCCESS
+        }
+        Ok(o) => {
+            print!("{}", bench::report::to_text(&o));
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("nimbus bench: {e}");
+            ExitCode::from(1)
+        }
+    }
+}
+
 /// `nimbus check`: exit 0 if the history is linearizable, 1 if not, 2 on bad input or unreachable nodes.
 fn check(args: CheckArgs) -> ExitCode {
     use hash_nimbus::check::{analyze, workload};
@@ -267,6 +377,7 @@ fn main() -> ExitCode {
     match cli.command {
         Some(Sub::Check(args)) => return check(args),
         Some(Sub::Dev(args)) => return hash_nimbus::dev::run(args),
+        Some(Sub::Bench(args)) => return bench(args),
         None => {}
     }
     let cfg = match build_config(cli.node) {
