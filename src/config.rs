@@ -4,12 +4,70 @@
 //! `--node N` is a 0-based index into that list and picks this node's id and Raft listen address. An address
 //! `:port` means all interfaces when listening and the local host when connecting; `host:port` means that
 //! host. Every malformed input is an error naming what is wrong; nothing here panics.
+//!
+//! The cluster token (the peers' shared secret) is never a flag value, which any user could read in the
+//! process list: it comes from a file (`--cluster-token-file`) or the environment (`NIMBUS_CLUSTER_TOKEN`),
+//! never both ([`load_cluster_token`]).
 
 use crate::raft::NodeId;
+use crate::transport::ClusterToken;
 use std::collections::BTreeMap;
+use std::ffi::OsString;
 use std::net::{SocketAddr, ToSocketAddrs};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
+
+/// The environment variable that may hold the cluster token.
+pub const CLUSTER_TOKEN_ENV: &str = "NIMBUS_CLUSTER_TOKEN";
+
+/// The cluster token from `file` (`--cluster-token-file`) or `env` (the value of [`CLUSTER_TOKEN_ENV`]),
+/// `None` when neither is given. Both given, an unreadable or oversized file, a variable set but empty or
+/// a token too short are errors. Surrounding whitespace (a final newline) is not part of the token. A
+/// file that group or others may read is accepted with a warning.
+pub fn load_cluster_token(
+    file: Option<&Path>,
+    env: Option<OsString>,
+) -> Result<Option<ClusterToken>, String> {
+    match (file, env) {
+        (Some(_), Some(_)) => Err(format!(
+            "both --cluster-token-file and {CLUSTER_TOKEN_ENV} are set; give the token one way"
+        )),
+        (None, None) => Ok(None),
+        (None, Some(v)) => {
+            let bytes = v.into_encoded_bytes();
+            ClusterToken::new(&bytes)
+                .map(Some)
+                .map_err(|e| format!("{CLUSTER_TOKEN_ENV}: {e}"))
+        }
+        (Some(path), None) => {
+            let shown = path.display();
+            let meta = std::fs::metadata(path)
+                .map_err(|e| format!("--cluster-token-file {shown}: {e}"))?;
+            if !meta.is_file() || meta.len() > 2 * ClusterToken::MAX_LEN as u64 {
+                return Err(format!(
+                    "--cluster-token-file {shown}: not a regular file of at most {} bytes",
+                    2 * ClusterToken::MAX_LEN
+                ));
+            }
+            #[cfg(unix)]
+            {
+                use std::os::unix::fs::PermissionsExt;
+                if meta.permissions().mode() & 0o077 != 0 {
+                    log::warn!(
+                        "--cluster-token-file {shown} may be read by group or others (mode {:o}); \
+                         chmod 600 it",
+                        meta.permissions().mode() & 0o777
+                    );
+                }
+            }
+            let bytes =
+                std::fs::read(path).map_err(|e| format!("--cluster-token-file {shown}: {e}"))?;
+            ClusterToken::new(&bytes)
+                .map(Some)
+                .map_err(|e| format!("--cluster-token-file {shown}: {e}"))
+        }
+    }
+}
 
 /// One member of the cluster as given on the command line.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -120,6 +178,8 @@ pub struct NodeConfig {
     pub data_dir: PathBuf,
     /// Names the cluster in the peer handshake so two clusters on one host never talk to each other.
     pub cluster_name: String,
+    /// The peers' shared secret; `None`: peer connections are not authenticated.
+    pub cluster_token: Option<ClusterToken>,
     pub tick: Duration,
     pub election_ticks: u32,
     pub heartbeat_ticks: u32,
@@ -160,6 +220,7 @@ impl NodeConfig {
             http_addr,
             data_dir,
             cluster_name: "nimbus".into(),
+            cluster_token: None,
             tick: Duration::from_millis(100),
             election_ticks: 10,
             heartbeat_ticks: 1,

@@ -8,7 +8,9 @@
 //! uses fresh keys, so it may be repeated against the same cluster.
 
 use clap::{Args, Parser, Subcommand};
-use hash_nimbus::config::{listen_addr, parse_cluster, NodeConfig};
+use hash_nimbus::config::{
+    listen_addr, load_cluster_token, parse_cluster, NodeConfig, CLUSTER_TOKEN_ENV,
+};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
@@ -92,6 +94,10 @@ struct NodeArgs {
     /// Name shared by all members; peers with another name are refused.
     #[arg(long, default_value = "nimbus")]
     cluster_name: String,
+    /// File holding the cluster token, the secret every member must share (peers prove they know it in
+    /// the handshake). Or set NIMBUS_CLUSTER_TOKEN. Without either, peers are not authenticated.
+    #[arg(long)]
+    cluster_token_file: Option<PathBuf>,
     /// Length of one Raft tick in milliseconds.
     #[arg(long, default_value_t = 100)]
     tick_ms: u64,
@@ -161,6 +167,10 @@ fn build_config(mut cli: NodeArgs) -> Result<NodeConfig, String> {
         data_dir,
     );
     cfg.cluster_name = cli.cluster_name;
+    cfg.cluster_token = load_cluster_token(
+        cli.cluster_token_file.as_deref(),
+        std::env::var_os(CLUSTER_TOKEN_ENV),
+    )?;
     cfg.tick = Duration::from_millis(cli.tick_ms);
     cfg.election_ticks = cli.election_ticks;
     cfg.heartbeat_ticks = cli.heartbeat_ticks;

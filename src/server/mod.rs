@@ -113,6 +113,7 @@ impl Node {
         tcfg.connect_timeout = cfg.tick * cfg.election_ticks;
         tcfg.advertise_http = Some(cfg.http_addr);
         tcfg.snapshot_dir = Some(snap_dir);
+        tcfg.token = cfg.cluster_token.clone();
         let transport = Transport::start(tcfg, peer_tx).map_err(|e| {
             ServerError(format!(
                 "cannot start the peer transport on {raft_listen}: {e}"
