@@ -296,7 +296,9 @@ fn a_strangers_forged_vote_never_reaches_the_node() {
     let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
     let _ = s.write_all(&frame(&hello(true))[..10]);
     read_until_closed(&mut s);
-    poll("five refusals", WAIT, || (a.refused_connections() >= 5).then_some(()));
+    poll("five refusals", WAIT, || {
+        (a.refused_connections() >= 5).then_some(())
+    });
     assert!(
         arx.recv_timeout(Duration::from_millis(300)).is_err(),
         "a forged message reached the node"
