@@ -186,6 +186,12 @@ pub struct NodeConfig {
     /// How long a client request may wait for commit/apply before it gets 504.
     pub request_timeout: Duration,
     pub http_threads: usize,
+    /// Client connections served at once (the HTTP guard answers one more with 503).
+    pub http_max_connections: usize,
+    /// Most bytes of header fields in one request head (431 beyond).
+    pub http_max_header_bytes: usize,
+    /// A request head must arrive within this of its first byte, a body progress at least this often.
+    pub http_read_timeout: Duration,
     /// Largest accepted key and value (bytes).
     pub max_key_bytes: usize,
     pub max_value_bytes: usize,
@@ -207,6 +213,12 @@ pub struct NodeConfig {
 }
 
 impl NodeConfig {
+    /// The longest URL the HTTP routes accept (the seed's `/set` carries the value, percent-encoded, in
+    /// the query): 8 KiB plus three times the value limit.
+    pub fn max_url_bytes(&self) -> usize {
+        8192 + self.max_value_bytes.saturating_mul(3)
+    }
+
     /// A configuration for node `id` among `members`, with defaults for everything else.
     pub fn new(
         id: NodeId,
@@ -226,6 +238,9 @@ impl NodeConfig {
             heartbeat_ticks: 1,
             request_timeout: Duration::from_secs(5),
             http_threads: 64,
+            http_max_connections: 1024,
+            http_max_header_bytes: 16 << 10,
+            http_read_timeout: Duration::from_secs(10),
             max_key_bytes: 4096,
             max_value_bytes: 1 << 20,
             snapshot_entries: 10_000,
@@ -254,6 +269,15 @@ impl NodeConfig {
         }
         if self.http_threads == 0 || self.http_threads > 4096 {
             return Err("--http-threads must be between 1 and 4096".into());
+        }
+        if self.http_max_connections == 0 || self.http_max_connections > 65_536 {
+            return Err("--http-max-connections must be between 1 and 65536".into());
+        }
+        if self.http_max_header_bytes < 1024 || self.http_max_header_bytes > 1 << 20 {
+            return Err("--http-max-header-bytes must be between 1024 and 1048576".into());
+        }
+        if self.http_read_timeout.is_zero() {
+            return Err("--http-read-timeout-ms must be at least 1".into());
         }
         if self.request_timeout.is_zero() {
             return Err("--request-timeout-ms must be at least 1".into());

@@ -113,6 +113,16 @@ struct NodeArgs {
     /// HTTP worker threads (each serves one request at a time).
     #[arg(long, default_value_t = 64)]
     http_threads: usize,
+    /// HTTP client connections served at once; one more is answered 503 and closed.
+    #[arg(long, default_value_t = 1024)]
+    http_max_connections: usize,
+    /// Most bytes of header fields in one HTTP request head (more is answered 431).
+    #[arg(long, default_value_t = 16 << 10)]
+    http_max_header_bytes: usize,
+    /// An HTTP request head must arrive within this many milliseconds of its first byte, and a body
+    /// must make progress at least this often (else 408).
+    #[arg(long, default_value_t = 10_000)]
+    http_read_timeout_ms: u64,
     /// Take a snapshot after this many applied entries...
     #[arg(long, default_value_t = 10_000)]
     snapshot_entries: u64,
@@ -176,6 +186,9 @@ fn build_config(mut cli: NodeArgs) -> Result<NodeConfig, String> {
     cfg.heartbeat_ticks = cli.heartbeat_ticks;
     cfg.request_timeout = Duration::from_millis(cli.request_timeout_ms);
     cfg.http_threads = cli.http_threads;
+    cfg.http_max_connections = cli.http_max_connections;
+    cfg.http_max_header_bytes = cli.http_max_header_bytes;
+    cfg.http_read_timeout = Duration::from_millis(cli.http_read_timeout_ms);
     cfg.snapshot_entries = cli.snapshot_entries;
     cfg.snapshot_bytes = cli.snapshot_bytes;
     cfg.snapshots_kept = cli.snapshots_kept;

@@ -55,6 +55,112 @@ fn stderr_of(child: &mut Child) -> String {
 }
 
 #[test]
+fn a_cluster_with_a_token_works_and_a_node_with_another_token_is_kept_out() {
+    let mut c = TestCluster::prepare(3, &[]);
+    let token = c.dir.path().join("token");
+    std::fs::write(&token, "the e2e cluster's shared secret\n").unwrap();
+    c.extra_args = vec!["--cluster-token-file".into(), token.display().to_string()];
+    for i in 0..3 {
+        c.spawn(i);
+    }
+    let leader = c.wait_leader(ELECTION);
+    c.set_eventually(leader, "k", "v1", ELECTION);
+    for i in 0..3 {
+        let logs = c.logs(i);
+        assert!(!logs.contains("NOT authenticated"), "node {i}: {logs}");
+        assert!(
+            !logs.contains("refused a peer connection"),
+            "node {i}: {logs}"
+        );
+    }
+    // A follower restarted with another token never joins: it learns no leader, and its peers refuse it.
+    let f = (0..3).find(|&i| i != leader).unwrap();
+    c.kill(f);
+    std::fs::write(&token, "a different secret altogether").unwrap();
+    c.spawn(f);
+    poll("the others refuse the outsider", ELECTION, || {
+        (0..3)
+            .filter(|&i| i != f)
+            .any(|i| c.logs(i).contains("refused a peer connection"))
+            .then_some(())
+    });
+    poll("the outsider refuses the others", ELECTION, || {
+        c.logs(f)
+            .contains("does not know the cluster token")
+            .then_some(())
+    });
+    c.set_eventually(leader, "k", "v2", ELECTION);
+    let s = c.status(f).expect("status of the outsider");
+    assert!(
+        s["leader"].is_null() || s["leader"] == c.nodes[f].id,
+        "the outsider learned a leader: {s}"
+    );
+    // Nothing written since its restart reached it (it may or may not have applied v1 before).
+    let r = c.get_relaxed(f, "k").unwrap();
+    assert_ne!(r.text(), "v2", "the outsider got data");
+    // With the right token again it catches up.
+    c.kill(f);
+    std::fs::write(&token, "the e2e cluster's shared secret\n").unwrap();
+    c.spawn(f);
+    poll("the follower catches up", ELECTION, || {
+        c.get_relaxed(f, "k")
+            .ok()
+            .filter(|r| r.status == 200 && r.text() == "v2")
+    });
+}
+
+#[test]
+fn token_flags_are_checked() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("d");
+    let ports = free_ports(2);
+    let (http, raft) = (format!(":{}", ports[0]), format!("1,:{}", ports[1]));
+    let base = ["--node", "0", "--http", &http, "--cluster", &raft];
+    let short = dir.path().join("short");
+    std::fs::write(&short, "tiny\n").unwrap();
+    let good = dir.path().join("good");
+    std::fs::write(&good, "a long enough shared secret").unwrap();
+    let short_s = short.display().to_string();
+    let good_s = good.display().to_string();
+    let missing = dir.path().join("missing").display().to_string();
+    type Case<'a> = (Vec<&'a str>, Vec<(&'a str, &'a str)>, &'a str);
+    let cases: Vec<Case> = vec![
+        (
+            vec!["--cluster-token-file", &short_s],
+            vec![],
+            "16 to 4096 bytes",
+        ),
+        (
+            vec!["--cluster-token-file", &missing],
+            vec![],
+            "--cluster-token-file",
+        ),
+        (
+            vec!["--cluster-token-file", &good_s],
+            vec![("NIMBUS_CLUSTER_TOKEN", "another long enough secret")],
+            "both",
+        ),
+        (
+            vec![],
+            vec![("NIMBUS_CLUSTER_TOKEN", "")],
+            "NIMBUS_CLUSTER_TOKEN",
+        ),
+    ];
+    for (extra, env, needle) in cases {
+        let args: Vec<&str> = base.iter().copied().chain(extra.iter().copied()).collect();
+        let mut child = nimbus(&args, &data, &env);
+        let code = wait_exit(&mut child, Duration::from_secs(10));
+        let err = stderr_of(&mut child);
+        assert_eq!(code, Some(2), "{extra:?} {env:?}: {err}");
+        assert!(
+            err.contains(needle),
+            "{extra:?}: expected {needle:?} in {err}"
+        );
+        assert!(!err.contains("panicked"), "{err}");
+    }
+}
+
+#[test]
 fn a_second_nimbus_on_the_same_data_dir_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");

@@ -363,3 +363,69 @@ fn hellos_round_trip_and_garbage_never_panics() {
         }
     }
 }
+
+/// Snapshot transfers run the same handshake: through with the right token, refused with a wrong one.
+#[test]
+fn snapshot_transfers_need_the_token_too() {
+    use hash_nimbus::transport::snapshot::OutgoingSnapshot;
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("snap");
+    std::fs::write(&file, vec![42u8; 3 << 20]).unwrap();
+    let recv_dir = dir.path().join("incoming");
+    std::fs::create_dir_all(&recv_dir).unwrap();
+    for (receiver_token, ok) in [
+        ("the snapshot test's secret", true),
+        ("another secret!!", false),
+    ] {
+        let ports = free_ports(2);
+        let (a, _arx) = start(1, &ports, token("the snapshot test's secret"));
+        let listen = SocketAddr::from(([127, 0, 0, 1], ports[1]));
+        let peers = BTreeMap::from([(1, format!("127.0.0.1:{}", ports[0]))]);
+        let mut cfg = TransportConfig::new(2, "test".into(), listen, peers);
+        cfg.snapshot_dir = Some(recv_dir.clone());
+        cfg.token = token(receiver_token);
+        let (tx, brx) = crossbeam_channel::unbounded();
+        let b = Transport::start(cfg, tx).unwrap();
+        let (done_tx, done_rx) = crossbeam_channel::unbounded();
+        a.send_snapshot(
+            OutgoingSnapshot {
+                message: Message {
+                    from: 1,
+                    to: 2,
+                    term: 1,
+                    body: MessageBody::InstallSnapshot {
+                        index: 5,
+                        last_term: 1,
+                        membership: hash_nimbus::raft::Membership {
+                            voters: [1, 2].into(),
+                            learners: Default::default(),
+                        },
+                        context: Vec::new(),
+                    },
+                },
+                path: file.clone(),
+            },
+            done_tx,
+        );
+        let done = done_rx.recv_timeout(WAIT).expect("the transfer ends");
+        assert_eq!(done.ok, ok, "receiver token {receiver_token:?}");
+        let got = brx.recv_timeout(Duration::from_millis(300));
+        if ok {
+            assert!(
+                matches!(
+                    got,
+                    Ok(Message {
+                        body: MessageBody::InstallSnapshot { index: 5, .. },
+                        ..
+                    })
+                ),
+                "{got:?}"
+            );
+        } else {
+            assert!(got.is_err(), "a refused transfer delivered {got:?}");
+            assert!(b.refused_connections() > 0);
+        }
+        a.shutdown();
+        b.shutdown();
+    }
+}

@@ -132,8 +132,6 @@ pub enum ApiError {
     Busy,
     /// No answer in time: outcome unknown.
     Timeout,
-    /// The request head has too many or too large header fields.
-    HeadersTooLarge(String),
     /// This node hit a storage failure (a failed write or fsync, a full disk) and stopped: outcome unknown.
     StorageFailure(String),
     Internal(String),
@@ -155,7 +153,6 @@ impl ApiError {
             ApiError::LeaderChanged => (503, "leader_changed"),
             ApiError::Busy => (503, "busy"),
             ApiError::Timeout => (504, "timeout"),
-            ApiError::HeadersTooLarge(_) => (431, "headers_too_large"),
             ApiError::StorageFailure(_) => (500, "storage_failure"),
             ApiError::Internal(_) => (500, "internal"),
         }
@@ -176,7 +173,6 @@ impl ApiError {
             | ApiError::TooLarge(m)
             | ApiError::NotFound(m)
             | ApiError::Conflict(m)
-            | ApiError::HeadersTooLarge(m)
             | ApiError::StorageFailure(m)
             | ApiError::Internal(m) => m.clone(),
             ApiError::NoLeader => {

@@ -1,7 +1,7 @@
 //! The node runtime: opens storage, starts the transport, the Raft thread and the HTTP workers.
 //!
 //! ```text
-//!  curl ─HTTP─> tiny_http workers ─(request, reply channel)─> Raft thread <─ peer reader threads <─TCP─ peers
+//!  curl ─HTTP─> guard ─Unix socket─> tiny_http workers ─(request, reply channel)─> Raft thread <─ peer readers <─TCP─ peers
 //!                                                              │ select! over ticker, peers, clients, shutdown
 //!                                                              │ persist (one fsync per batch), send, apply,
 //!                                                              │ answer clients
@@ -13,11 +13,21 @@
 //!
 //! A [`Node`] owns every thread it starts; [`Node::shutdown`] stops them all. [`run`] is what the `nimbus`
 //! binary calls: start a node and serve until the Raft thread stops.
+//!
+//! Rules kept here:
+//! - The data directory lock ([`DataDirLock`]) is taken before anything in the directory is read, and
+//!   held until the node is dropped.
+//! - Clients reach tiny_http only through the guard ([`http_guard`]), which enforces the HTTP limits;
+//!   tiny_http itself listens on a Unix socket, `<data-dir>/http.sock` (see [`HTTP_SOCKET`]).
+//! - A fatal error of the Raft thread (a storage failure) is logged as one `FATAL` line naming the cause
+//!   and what to do; the requests it held were already answered `storage_failure`; the HTTP workers get
+//!   [`FATAL_GRACE`] to send those answers, then [`Node::wait`] returns the error (the binary exits 1).
 
 mod admin;
 pub mod api;
 pub mod cluster;
 pub mod http;
+pub mod http_guard;
 pub mod join;
 pub mod metrics;
 mod raft_loop;
@@ -59,6 +69,7 @@ pub struct Node {
     raft_addr: SocketAddr,
     shutdown_tx: Sender<()>,
     http: Arc<tiny_http::Server>,
+    guard: http_guard::Guard,
     raft_thread: Option<JoinHandle<Result<(), String>>>,
     workers: Vec<JoinHandle<()>>,
     clients: Sender<ClientRequest>,
@@ -121,13 +132,23 @@ impl Node {
         })?;
         let raft_addr = transport.local_addr();
 
-        let http = tiny_http::Server::http(cfg.http_addr).map_err(|e| {
-            ServerError(format!("cannot listen for HTTP on {}: {e}", cfg.http_addr))
-        })?;
-        let http_addr = http
-            .server_addr()
-            .to_ip()
-            .ok_or_else(|| ServerError("HTTP server has no IP address".into()))?;
+        // tiny_http serves on a private Unix socket; the guard listens on the HTTP address and forwards
+        // what passes its limits (see `http_guard`).
+        let (http, backend) = private_http_server(id, &cfg.data_dir).map_err(ServerError)?;
+        let guard = http_guard::Guard::start(
+            cfg.http_addr,
+            backend,
+            http_guard::GuardConfig {
+                max_connections: cfg.http_max_connections,
+                // The URL limit of the routes, plus room for the method and the version.
+                max_line: cfg.max_url_bytes() + 1024,
+                max_header_bytes: cfg.http_max_header_bytes,
+                max_body: cfg.max_value_bytes as u64,
+                read_timeout: cfg.http_read_timeout,
+            },
+        )
+        .map_err(ServerError)?;
+        let http_addr = guard.local_addr();
         let http = Arc::new(http);
 
         let metrics = Arc::new(metrics::Metrics::new(cfg.data_dir.join("wal")));
@@ -182,6 +203,7 @@ impl Node {
             raft_addr,
             shutdown_tx,
             http,
+            guard,
             raft_thread: Some(raft_thread),
             workers,
             clients: client_tx,
@@ -240,6 +262,7 @@ impl Node {
     }
 
     fn stop_http(&mut self) {
+        self.guard.stop();
         for _ in 0..self.workers.len() {
             self.http.unblock();
         }
@@ -249,16 +272,63 @@ impl Node {
     }
 }
 
+/// The internal socket's name in the data directory.
+pub const HTTP_SOCKET: &str = "http.sock";
+
+/// A tiny_http server on a Unix socket for the HTTP guard to forward to: `<data-dir>/http.sock` (a
+/// leftover of a killed process is removed first, which the data directory lock makes safe), or, when
+/// that path is too long for a socket address, a file in the temporary directory named after this process
+/// and node. (Not the abstract namespace: tiny_http's `Drop` panics on an address without a path.) The
+/// file is created with the process umask, so with the usual 022 only this user may connect to it;
+/// tiny_http removes it when the server is dropped.
+fn private_http_server(
+    id: u64,
+    data_dir: &std::path::Path,
+) -> Result<(tiny_http::Server, std::os::unix::net::SocketAddr), String> {
+    use std::os::unix::net::{SocketAddr as UnixAddr, UnixListener};
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let mut path = data_dir.join(HTTP_SOCKET);
+    if UnixAddr::from_pathname(&path).is_err() {
+        path = std::env::temp_dir().join(format!(
+            "nimbus-http-{}-{id}-{}.sock",
+            std::process::id(),
+            NEXT.fetch_add(1, Ordering::Relaxed)
+        ));
+    }
+    match std::fs::remove_file(&path) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+            return Err(format!("cannot remove the old {}: {e}", path.display()))
+        }
+        _ => {}
+    }
+    let listener = UnixListener::bind(&path).map_err(|e| {
+        format!(
+            "cannot bind the internal HTTP socket {}: {e}",
+            path.display()
+        )
+    })?;
+    let addr = listener.local_addr().map_err(|e| {
+        format!(
+            "cannot bind the internal HTTP socket {}: {e}",
+            path.display()
+        )
+    })?;
+    let server = tiny_http::Server::from_listener(listener, None)
+        .map_err(|e| format!("cannot start the HTTP server: {e}"))?;
+    Ok((server, addr))
+}
+
 /// How long HTTP workers may take to send their last answers after a fatal error.
 pub const FATAL_GRACE: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// The one log line (and exit message) for a fatal error of the Raft thread.
 fn fatal_message(id: u64, e: &str) -> String {
     let hint = if e.contains("os error 28") || e.contains("No space left") {
-        "the data directory's file system is full: free space, then restart this node (the WAL cuts off \
+        "The data directory's file system is full: free space, then restart this node (the WAL cuts off \
          a torn last record on open)"
     } else {
-        "check the disk and the kernel log (dmesg) before restarting this node"
+        "Check the disk and the kernel log (dmesg) before restarting this node"
     };
     format!(
         "[n{id}] FATAL: {e}. The node stopped: nothing after this failure was acknowledged, and waiting \

@@ -518,7 +518,7 @@ impl RaftLoop {
                 let started = Instant::now();
                 self.wal
                     .sync()
-                    .map_err(|e| format!("WAL fsync failed: {e}"))?;
+                    .map_err(|e| format!("WAL sync (write + fdatasync) failed: {e}"))?;
                 self.stats.syncs += 1;
                 let n = rd.entries.len() as u64;
                 if self.wal.stats().syncs > wal_before.syncs {
