@@ -377,3 +377,217 @@ fn a_full_disk_stops_the_node_and_a_restart_keeps_every_acknowledged_write() {
     let restart = log.rsplit("FATAL").next().unwrap_or_default();
     assert!(!restart.contains("corrupt"), "{restart}");
 }
+
+fn run(cmd: &str, args: &[&str]) -> Result<String, String> {
+    let out = Command::new(cmd)
+        .args(args)
+        .output()
+        .map_err(|e| format!("cannot run {cmd}: {e}"))?;
+    if !out.status.success() {
+        return Err(format!(
+            "{cmd} {args:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        ));
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
+}
+
+/// An ext4 file system on a loop device whose backing file lies, sparse, on a tmpfs smaller than it: once
+/// the tmpfs is full, writeback fails and fsync returns EIO (a thin-provisioned disk running out, or a
+/// failing disk). Torn down when dropped.
+struct FailingDisk {
+    back: PathBuf,
+    mnt: PathBuf,
+    dev: String,
+    mounted: bool,
+}
+
+impl FailingDisk {
+    fn new(root: &Path) -> Result<FailingDisk, String> {
+        let back = root.join("backing");
+        let mnt = root.join("ext4");
+        std::fs::create_dir_all(&back).map_err(|e| e.to_string())?;
+        std::fs::create_dir_all(&mnt).map_err(|e| e.to_string())?;
+        let back_s = back.display().to_string();
+        run("mount", &["-t", "tmpfs", "-o", "size=6m", "tmpfs", &back_s])?;
+        let mut disk = FailingDisk {
+            back,
+            mnt,
+            dev: String::new(),
+            mounted: false,
+        };
+        let img = disk.back.join("disk.img").display().to_string();
+        run("truncate", &["-s", "64M", &img])?;
+        disk.dev = run("losetup", &["-f", "--show", &img])?;
+        run(
+            "mkfs.ext4",
+            &[
+                "-q",
+                "-O",
+                "^has_journal",
+                "-E",
+                "lazy_itable_init=1,nodiscard",
+                &disk.dev,
+            ],
+        )?;
+        disk.mount()?;
+        Ok(disk)
+    }
+
+    fn mount(&mut self) -> Result<(), String> {
+        run("mount", &[&self.dev, &self.mnt.display().to_string()])?;
+        self.mounted = true;
+        Ok(())
+    }
+
+    /// Unmounts the ext4 file system (dropping its page cache), gives the backing store room, remounts.
+    fn repair(&mut self) -> Result<(), String> {
+        run(
+            "mount",
+            &["-o", "remount,size=256m", &self.back.display().to_string()],
+        )?;
+        run("umount", &[&self.mnt.display().to_string()])?;
+        self.mounted = false;
+        self.mount()
+    }
+}
+
+impl Drop for FailingDisk {
+    fn drop(&mut self) {
+        if self.mounted {
+            let mnt = self.mnt.display().to_string();
+            if (0..50).all(|_| {
+                let failed = run("umount", &[&mnt]).is_err();
+                if failed {
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+                failed
+            }) {
+                let _ = run("umount", &["-l", &mnt]);
+            }
+        }
+        if !self.dev.is_empty() {
+            let _ = run("losetup", &["-d", &self.dev]);
+        }
+        let _ = run("umount", &[&self.back.display().to_string()]);
+    }
+}
+
+/// A failed fsync under a single node (writes succeed into the page cache, fdatasync fails): it exits 1
+/// with a FATAL line naming fdatasync, the writes in flight get 500 storage_failure, no answer hangs, and
+/// once the disk is repaired (and its page cache dropped, so nothing lost can be read back from memory) a
+/// restart opens the WAL, serves the acknowledged writes with their exact values and takes new ones.
+///
+/// This device is not a faithful disk: when a writeback fails, the data of the last `fdatasync` that
+/// succeeded before it is lost too (a control run, a plain loop of 8 KiB appends each followed by a
+/// successful `fdatasync`, loses its last acknowledged record the same way, with and without an ext4
+/// journal). So the test allows the entries of the last acknowledged batch to be missing (with 4 writers,
+/// a group commit holds at most 4), and nothing else.
+#[test]
+fn a_failed_fsync_stops_the_node_and_acknowledged_writes_survive() {
+    let root = tempfile::tempdir().unwrap();
+    let mut disk = match FailingDisk::new(root.path()) {
+        Ok(d) => d,
+        Err(e) => {
+            eprintln!(
+                "SKIPPED a_failed_fsync_stops_the_node...: {e} (needs root, loop devices, ext4)"
+            );
+            return;
+        }
+    };
+    let mut c = TestCluster::prepare(1, &[]);
+    c.nodes[0].data_dir = disk.mnt.join("data");
+    c.spawn(0);
+    c.wait_leader(ELECTION);
+    let acked = Arc::new(Mutex::new(BTreeMap::new()));
+    let answers = Arc::new(Mutex::new(Vec::new()));
+    let stop = Arc::new(AtomicBool::new(false));
+    let addr = c.http_addr(0);
+    let value = "y".repeat(8 << 10);
+    let writers: Vec<_> = (0..4)
+        .map(|w| {
+            let (stop, acked, answers, value) =
+                (stop.clone(), acked.clone(), answers.clone(), value.clone());
+            std::thread::spawn(move || {
+                let mut client = HttpClient::new(addr, Duration::from_secs(10));
+                for n in 0..2000 {
+                    if stop.load(Ordering::Relaxed) {
+                        break;
+                    }
+                    let key = format!("w{w}-{n}");
+                    let started = Instant::now();
+                    match client.get(&format!("/set?key={key}&value={value}")) {
+                        Ok(r) => {
+                            if r.status == 200 {
+                                let index: u64 = r
+                                    .header("X-Raft-Index")
+                                    .and_then(|v| v.parse().ok())
+                                    .unwrap_or(0);
+                                acked.lock().unwrap().insert(key, index);
+                            }
+                            answers
+                                .lock()
+                                .unwrap()
+                                .push((r.status, r.text(), started.elapsed()));
+                        }
+                        Err(_) => std::thread::sleep(Duration::from_millis(20)),
+                    }
+                }
+            })
+        })
+        .collect();
+    let code = wait_exit(c.nodes[0].child.as_mut().unwrap(), Duration::from_secs(60));
+    stop.store(true, Ordering::Relaxed);
+    for w in writers {
+        w.join().unwrap();
+    }
+    c.nodes[0].child = None;
+    let log = c.logs(0);
+    assert_eq!(
+        code,
+        Some(1),
+        "the node must exit with status 1; log:\n{log}"
+    );
+    // The loop driver reports the backing store's exhaustion as ENOSPC; a dying disk gives EIO.
+    assert!(
+        log.contains("FATAL: WAL sync (write + fdatasync) failed: fdatasync")
+            && (log.contains("os error 5") || log.contains("os error 28")),
+        "a FATAL line naming the failed fdatasync; log:\n{log}"
+    );
+    let answers = answers.lock().unwrap().clone();
+    assert!(
+        answers
+            .iter()
+            .any(|a| a.0 == 500 && a.1.contains("storage_failure")),
+        "the writes in flight get 500 storage_failure"
+    );
+    assert!(answers.iter().all(|a| a.0 == 200 || a.0 == 500));
+    assert!(answers.iter().all(|a| a.2 < Duration::from_secs(4)));
+    let acked = acked.lock().unwrap().clone();
+    eprintln!(
+        "failed fsync: {} writes acknowledged, {} answered 500",
+        acked.len(),
+        answers.iter().filter(|a| a.0 == 500).count()
+    );
+    disk.repair().expect("repair the disk");
+    c.spawn(0);
+    c.wait_leader(ELECTION);
+    // Linearizable reads: each answer reflects everything the restarted node recovered.
+    let last_acked = acked.values().copied().max().unwrap_or(0);
+    let mut lost = Vec::new();
+    for (key, &index) in &acked {
+        let r = c.get(0, key).expect("read after the restart");
+        match r.status {
+            200 => assert_eq!(r.text(), value, "key {key}"),
+            404 => lost.push((key.clone(), index)),
+            s => panic!("{key}: status {s} {}", r.text()),
+        }
+    }
+    eprintln!("failed fsync: acknowledged entries the device lost: {lost:?} (last acknowledged index {last_acked})");
+    assert!(
+        lost.iter().all(|&(_, index)| index + 4 > last_acked),
+        "only the device's last acknowledged batch may be missing, not {lost:?} (last {last_acked})"
+    );
+    c.set_eventually(0, "after", "the repair", ELECTION);
+    c.kill(0);
+}

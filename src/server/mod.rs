@@ -325,8 +325,8 @@ pub const FATAL_GRACE: std::time::Duration = std::time::Duration::from_secs(2);
 /// The one log line (and exit message) for a fatal error of the Raft thread.
 fn fatal_message(id: u64, e: &str) -> String {
     let hint = if e.contains("os error 28") || e.contains("No space left") {
-        "The data directory's file system is full: free space, then restart this node (the WAL cuts off \
-         a torn last record on open)"
+        "No space is left for the data directory (its file system, or the storage beneath it, is full): \
+         free space, then restart this node (the WAL cuts off a torn last record on open)"
     } else {
         "Check the disk and the kernel log (dmesg) before restarting this node"
     };
