@@ -292,6 +292,9 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    // Room for --http-max-connections: the soft open-file limit is often 1,024 while the hard one is far
+    // higher (the node lowers the cap, with a warning, if the limit stays too low).
+    let _ = hash_nimbus::server::http_guard::raise_fd_limit();
     match hash_nimbus::server::run(cfg) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

@@ -4,7 +4,7 @@
 //! with no timeout, on a thread of its own per connection, and its accept loop ends for good at the first
 //! accept error (for instance EMFILE when a flood exhausts the file descriptors). So the node listens on
 //! the HTTP address itself and hands each connection to tiny_http over a private Unix socket
-//! (`<data-dir>/http.sock`).
+//! (`<data-dir>/http-<pid>-<n>.sock`).
 //!
 //! Rules this guard keeps:
 //! - At most `max_connections` client connections at once; one more is answered `503 busy` (with
@@ -25,6 +25,10 @@
 //!   in `/metrics` (they never reach a worker).
 //! - Accept errors are logged (at most once per 5 s) and retried after a pause; they never stop the guard.
 //! - Worst-case memory for request heads: `max_connections` × (`max_line` + `max_header_bytes`).
+//! - Each client connection holds about [`FDS_PER_CONNECTION`] file descriptors (its socket, the socket to
+//!   tiny_http, their clones and tiny_http's); [`connection_cap`] lowers `max_connections` to what the
+//!   open-file limit allows, so a flood runs into the guard's 503, never into EMFILE (which would end
+//!   tiny_http's accept loop for good).
 
 use log::{debug, warn};
 use std::io::{ErrorKind, Read, Write};
@@ -48,6 +52,60 @@ const CHUNK: usize = 64 * 1024;
 const LINGER: Duration = Duration::from_secs(2);
 /// ...or this many bytes.
 const LINGER_BYTES: usize = 8 << 20;
+
+/// File descriptors one client connection may hold, with a margin.
+pub const FDS_PER_CONNECTION: u64 = 8;
+/// File descriptors kept for everything else (WAL, snapshots, peers, logs).
+const FDS_RESERVED: u64 = 256;
+
+/// The process's open-file limit (soft), if it can be read.
+pub fn fd_limit() -> Option<u64> {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes one rlimit into the struct we own and pass by pointer.
+    let rc = unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) };
+    (rc == 0).then_some(lim.rlim_cur)
+}
+
+/// Raises the soft open-file limit to the hard one (as many servers do at start); returns the new soft
+/// limit. For the binary: a library should leave process limits to its host.
+pub fn raise_fd_limit() -> Option<u64> {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: as in `fd_limit`; setrlimit only reads the struct.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) != 0 {
+            return None;
+        }
+        if lim.rlim_cur < lim.rlim_max {
+            let raised = libc::rlimit {
+                rlim_cur: lim.rlim_max,
+                rlim_max: lim.rlim_max,
+            };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &raised) == 0 {
+                return Some(raised.rlim_cur);
+            }
+        }
+    }
+    Some(lim.rlim_cur)
+}
+
+/// The connection cap the open-file limit `fds` allows for a wanted cap (at least 1).
+pub fn connection_cap(wanted: usize, fds: Option<u64>) -> usize {
+    match fds {
+        Some(fds) => {
+            let budget = fds.saturating_sub(FDS_RESERVED) / FDS_PER_CONNECTION;
+            wanted
+                .min(usize::try_from(budget).unwrap_or(usize::MAX))
+                .max(1)
+        }
+        None => wanted,
+    }
+}
 
 /// The guard's limits.
 #[derive(Debug, Clone)]
@@ -610,5 +668,13 @@ mod tests {
                 .map(|r| r.0),
             Some(431)
         );
+    }
+
+    #[test]
+    fn the_connection_cap_follows_the_file_limit() {
+        assert_eq!(connection_cap(1024, None), 1024);
+        assert_eq!(connection_cap(1024, Some(1024)), (1024 - 256) / 8);
+        assert_eq!(connection_cap(1024, Some(1 << 20)), 1024);
+        assert_eq!(connection_cap(1024, Some(10)), 1);
     }
 }

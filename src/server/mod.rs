@@ -18,7 +18,7 @@
 //! - The data directory lock ([`DataDirLock`]) is taken before anything in the directory is read, and
 //!   held until the node is dropped.
 //! - Clients reach tiny_http only through the guard ([`http_guard`]), which enforces the HTTP limits;
-//!   tiny_http itself listens on a Unix socket, `<data-dir>/http.sock` (see [`HTTP_SOCKET`]).
+//!   tiny_http itself listens on a Unix socket, `<data-dir>/http-<pid>-<n>.sock`.
 //! - A fatal error of the Raft thread (a storage failure) is logged as one `FATAL` line naming the cause
 //!   and what to do; the requests it held were already answered `storage_failure`; the HTTP workers get
 //!   [`FATAL_GRACE`] to send those answers, then [`Node::wait`] returns the error (the binary exits 1).
@@ -40,7 +40,7 @@ use crate::storage::DataDirLock;
 use crate::transport::{Transport, TransportConfig};
 use api::ClientRequest;
 use crossbeam_channel::Sender;
-use log::{error, info};
+use log::{error, info, warn};
 use std::fmt;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -135,11 +135,22 @@ impl Node {
         // tiny_http serves on a private Unix socket; the guard listens on the HTTP address and forwards
         // what passes its limits (see `http_guard`).
         let (http, backend) = private_http_server(id, &cfg.data_dir).map_err(ServerError)?;
+        let fds = http_guard::fd_limit();
+        let max_connections = http_guard::connection_cap(cfg.http_max_connections, fds);
+        if max_connections < cfg.http_max_connections {
+            warn!(
+                "[n{id}] --http-max-connections {} lowered to {max_connections}: the open-file limit is \
+                 {} and each HTTP connection holds up to {} descriptors (raise ulimit -n)",
+                cfg.http_max_connections,
+                fds.unwrap_or(0),
+                http_guard::FDS_PER_CONNECTION
+            );
+        }
         let guard = http_guard::Guard::start(
             cfg.http_addr,
             backend,
             http_guard::GuardConfig {
-                max_connections: cfg.http_max_connections,
+                max_connections,
                 // The URL limit of the routes, plus room for the method and the version.
                 max_line: cfg.max_url_bytes() + 1024,
                 max_header_bytes: cfg.http_max_header_bytes,
@@ -272,15 +283,13 @@ impl Node {
     }
 }
 
-/// The internal socket's name in the data directory.
-pub const HTTP_SOCKET: &str = "http.sock";
-
-/// A tiny_http server on a Unix socket for the HTTP guard to forward to: `<data-dir>/http.sock` (a
-/// leftover of a killed process is removed first, which the data directory lock makes safe), or, when
-/// that path is too long for a socket address, a file in the temporary directory named after this process
-/// and node. (Not the abstract namespace: tiny_http's `Drop` panics on an address without a path.) The
-/// file is created with the process umask, so with the usual 022 only this user may connect to it;
-/// tiny_http removes it when the server is dropped.
+/// A tiny_http server on a Unix socket for the HTTP guard to forward to: `<data-dir>/http-<pid>-<n>.sock`,
+/// or, when that path is too long for a socket address, the same name with the node id in the temporary
+/// directory. Sockets of earlier processes left in the data directory (kill -9) are removed first, which
+/// the data directory lock makes safe. Names are unique per server because tiny_http removes its file
+/// when the server is dropped, which may come late (after a fatal error) and must not remove a newer
+/// server's. (Not the abstract namespace: tiny_http's `Drop` panics on an address without a path.) The
+/// file is created with the process umask, so with the usual 022 only this user may connect to it.
 fn private_http_server(
     id: u64,
     data_dir: &std::path::Path,
@@ -288,19 +297,23 @@ fn private_http_server(
     use std::os::unix::net::{SocketAddr as UnixAddr, UnixListener};
     use std::sync::atomic::{AtomicU64, Ordering};
     static NEXT: AtomicU64 = AtomicU64::new(0);
-    let mut path = data_dir.join(HTTP_SOCKET);
-    if UnixAddr::from_pathname(&path).is_err() {
-        path = std::env::temp_dir().join(format!(
-            "nimbus-http-{}-{id}-{}.sock",
-            std::process::id(),
-            NEXT.fetch_add(1, Ordering::Relaxed)
-        ));
-    }
-    match std::fs::remove_file(&path) {
-        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
-            return Err(format!("cannot remove the old {}: {e}", path.display()))
+    if let Ok(entries) = std::fs::read_dir(data_dir) {
+        for e in entries.flatten() {
+            let name = e.file_name();
+            let name = name.to_string_lossy();
+            if name.starts_with("http-") && name.ends_with(".sock") {
+                let _ = std::fs::remove_file(e.path());
+            }
         }
-        _ => {}
+    }
+    let name = format!(
+        "http-{}-{}.sock",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    );
+    let mut path = data_dir.join(&name);
+    if UnixAddr::from_pathname(&path).is_err() {
+        path = std::env::temp_dir().join(format!("nimbus-{id}-{name}"));
     }
     let listener = UnixListener::bind(&path).map_err(|e| {
         format!(
