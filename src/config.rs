@@ -7,7 +7,8 @@
 //!
 //! The cluster token (the peers' shared secret) is never a flag value, which any user could read in the
 //! process list: it comes from a file (`--cluster-token-file`) or the environment (`NIMBUS_CLUSTER_TOKEN`),
-//! never both ([`load_cluster_token`]).
+//! never both ([`load_cluster_token`]). The admin token follows the same conventions
+//! (`--admin-token-file` or `NIMBUS_ADMIN_TOKEN`, [`load_admin_token`]).
 
 use crate::raft::NodeId;
 use crate::transport::ClusterToken;
@@ -28,25 +29,52 @@ pub fn load_cluster_token(
     file: Option<&Path>,
     env: Option<OsString>,
 ) -> Result<Option<ClusterToken>, String> {
+    load_secret("--cluster-token-file", CLUSTER_TOKEN_ENV, file, env, |b| {
+        ClusterToken::new(b)
+    })
+}
+
+/// The environment variable that may hold the admin token.
+pub const ADMIN_TOKEN_ENV: &str = "NIMBUS_ADMIN_TOKEN";
+
+/// The admin token from `file` (`--admin-token-file`) or `env` (the value of [`ADMIN_TOKEN_ENV`]), with
+/// the conventions of [`load_cluster_token`].
+pub fn load_admin_token(
+    file: Option<&Path>,
+    env: Option<OsString>,
+) -> Result<Option<AdminToken>, String> {
+    load_secret(
+        "--admin-token-file",
+        ADMIN_TOKEN_ENV,
+        file,
+        env,
+        AdminToken::new,
+    )
+}
+
+/// A secret from a file or an environment variable, never both; `make` checks and wraps the bytes.
+fn load_secret<T>(
+    flag: &str,
+    var: &str,
+    file: Option<&Path>,
+    env: Option<OsString>,
+    make: impl Fn(&[u8]) -> Result<T, String>,
+) -> Result<Option<T>, String> {
+    const MAX_FILE: u64 = 8192;
     match (file, env) {
         (Some(_), Some(_)) => Err(format!(
-            "both --cluster-token-file and {CLUSTER_TOKEN_ENV} are set; give the token one way"
+            "both {flag} and {var} are set; give the token one way"
         )),
         (None, None) => Ok(None),
-        (None, Some(v)) => {
-            let bytes = v.into_encoded_bytes();
-            ClusterToken::new(&bytes)
-                .map(Some)
-                .map_err(|e| format!("{CLUSTER_TOKEN_ENV}: {e}"))
-        }
+        (None, Some(v)) => make(&v.into_encoded_bytes())
+            .map(Some)
+            .map_err(|e| format!("{var}: {e}")),
         (Some(path), None) => {
             let shown = path.display();
-            let meta = std::fs::metadata(path)
-                .map_err(|e| format!("--cluster-token-file {shown}: {e}"))?;
-            if !meta.is_file() || meta.len() > 2 * ClusterToken::MAX_LEN as u64 {
+            let meta = std::fs::metadata(path).map_err(|e| format!("{flag} {shown}: {e}"))?;
+            if !meta.is_file() || meta.len() > MAX_FILE {
                 return Err(format!(
-                    "--cluster-token-file {shown}: not a regular file of at most {} bytes",
-                    2 * ClusterToken::MAX_LEN
+                    "{flag} {shown}: not a regular file of at most {MAX_FILE} bytes"
                 ));
             }
             #[cfg(unix)]
@@ -54,19 +82,83 @@ pub fn load_cluster_token(
                 use std::os::unix::fs::PermissionsExt;
                 if meta.permissions().mode() & 0o077 != 0 {
                     log::warn!(
-                        "--cluster-token-file {shown} may be read by group or others (mode {:o}); \
-                         chmod 600 it",
+                        "{flag} {shown} may be read by group or others (mode {:o}); chmod 600 it",
                         meta.permissions().mode() & 0o777
                     );
                 }
             }
-            let bytes =
-                std::fs::read(path).map_err(|e| format!("--cluster-token-file {shown}: {e}"))?;
-            ClusterToken::new(&bytes)
+            let bytes = std::fs::read(path).map_err(|e| format!("{flag} {shown}: {e}"))?;
+            make(&bytes)
                 .map(Some)
-                .map_err(|e| format!("--cluster-token-file {shown}: {e}"))
+                .map_err(|e| format!("{flag} {shown}: {e}"))
         }
     }
+}
+
+/// The bearer token the cluster administration routes require (`--admin-token-file`). Its `Debug`
+/// output never shows it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct AdminToken(String);
+
+impl AdminToken {
+    /// Shortest accepted token.
+    pub const MIN_LEN: usize = 16;
+    /// Longest accepted token.
+    pub const MAX_LEN: usize = 4096;
+
+    /// A token from its bytes, after trimming ASCII whitespace at both ends (a file's final newline). It
+    /// travels in an `Authorization` header, so it must be visible ASCII (no spaces or control bytes).
+    pub fn new(bytes: &[u8]) -> Result<AdminToken, String> {
+        let t = bytes.trim_ascii();
+        if t.len() < Self::MIN_LEN || t.len() > Self::MAX_LEN {
+            return Err(format!(
+                "the admin token must be {} to {} bytes (not counting surrounding whitespace), got {}",
+                Self::MIN_LEN,
+                Self::MAX_LEN,
+                t.len()
+            ));
+        }
+        if !t.iter().all(|b| b.is_ascii_graphic()) {
+            return Err(
+                "the admin token must be visible ASCII characters (it is sent in an HTTP header)"
+                    .into(),
+            );
+        }
+        Ok(AdminToken(String::from_utf8_lossy(t).into_owned()))
+    }
+
+    /// The `Authorization` header value that carries it.
+    pub fn header_value(&self) -> String {
+        format!("Bearer {}", self.0)
+    }
+
+    /// Whether an `Authorization` header value presents this token: `Bearer` (any case), then the token,
+    /// compared in constant time for a given length.
+    pub fn accepts(&self, authorization: &str) -> bool {
+        let v = authorization.trim();
+        let Some((scheme, presented)) = v.split_once(' ') else {
+            return false;
+        };
+        if !scheme.eq_ignore_ascii_case("bearer") {
+            return false;
+        }
+        constant_time_eq(presented.trim().as_bytes(), self.0.as_bytes())
+    }
+}
+
+impl std::fmt::Debug for AdminToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "AdminToken(<{} bytes, redacted>)", self.0.len())
+    }
+}
+
+/// Compares two byte strings without an early exit on the first difference (the length is not secret).
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    let diff = a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y));
+    std::hint::black_box(diff) == 0
 }
 
 /// One member of the cluster as given on the command line.
@@ -180,6 +272,14 @@ pub struct NodeConfig {
     pub cluster_name: String,
     /// The peers' shared secret; `None`: peer connections are not authenticated.
     pub cluster_token: Option<ClusterToken>,
+    /// The bearer token the mutating `/v1/cluster` routes require (and `--join` sends); `None`: they are
+    /// open to every HTTP client.
+    pub admin_token: Option<AdminToken>,
+    /// Client writes are refused (507) while the leader's data directory has less free space than this;
+    /// 0 turns the check off.
+    pub min_free_bytes: u64,
+    /// Whether clients reach tiny_http through the HTTP guard (the default) or directly.
+    pub http_guard: bool,
     pub tick: Duration,
     pub election_ticks: u32,
     pub heartbeat_ticks: u32,
@@ -233,6 +333,9 @@ impl NodeConfig {
             data_dir,
             cluster_name: "nimbus".into(),
             cluster_token: None,
+            admin_token: None,
+            min_free_bytes: 64 << 20,
+            http_guard: true,
             tick: Duration::from_millis(100),
             election_ticks: 10,
             heartbeat_ticks: 1,

@@ -9,7 +9,8 @@
 
 use clap::{Args, Parser, Subcommand};
 use hash_nimbus::config::{
-    listen_addr, load_cluster_token, parse_cluster, NodeConfig, CLUSTER_TOKEN_ENV,
+    listen_addr, load_admin_token, load_cluster_token, parse_cluster, NodeConfig, ADMIN_TOKEN_ENV,
+    CLUSTER_TOKEN_ENV,
 };
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -98,6 +99,20 @@ struct NodeArgs {
     /// the handshake). Or set NIMBUS_CLUSTER_TOKEN. Without either, peers are not authenticated.
     #[arg(long)]
     cluster_token_file: Option<PathBuf>,
+    /// File holding the admin token: the mutating /v1/cluster routes (add, promote, remove, transfer)
+    /// then require "Authorization: Bearer <token>", and --join sends it. Or set NIMBUS_ADMIN_TOKEN.
+    /// Without either, those routes are open to every HTTP client.
+    #[arg(long)]
+    admin_token_file: Option<PathBuf>,
+    /// Free-space reserve of the data directory: while the leader's has less free space than this, it
+    /// refuses client writes with 507 (reads go on; writes resume by themselves once space is freed).
+    /// 0 turns the check off.
+    #[arg(long, default_value_t = 64 << 20)]
+    min_free_bytes: u64,
+    /// "on": clients reach tiny_http through the HTTP guard and its limits (--http-max-*); "off":
+    /// tiny_http listens on --http itself, with none of those limits (for measuring the guard's cost).
+    #[arg(long, default_value = "on", value_parser = ["on", "off"])]
+    http_guard: String,
     /// Length of one Raft tick in milliseconds.
     #[arg(long, default_value_t = 100)]
     tick_ms: u64,
@@ -181,6 +196,12 @@ fn build_config(mut cli: NodeArgs) -> Result<NodeConfig, String> {
         cli.cluster_token_file.as_deref(),
         std::env::var_os(CLUSTER_TOKEN_ENV),
     )?;
+    cfg.admin_token = load_admin_token(
+        cli.admin_token_file.as_deref(),
+        std::env::var_os(ADMIN_TOKEN_ENV),
+    )?;
+    cfg.min_free_bytes = cli.min_free_bytes;
+    cfg.http_guard = cli.http_guard == "on";
     cfg.tick = Duration::from_millis(cli.tick_ms);
     cfg.election_ticks = cli.election_ticks;
     cfg.heartbeat_ticks = cli.heartbeat_ticks;

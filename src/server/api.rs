@@ -134,6 +134,11 @@ pub enum ApiError {
     Timeout,
     /// This node hit a storage failure (a failed write or fsync, a full disk) and stopped: outcome unknown.
     StorageFailure(String),
+    /// The leader's data directory is below its free-space reserve (`--min-free-bytes`); nothing was
+    /// applied.
+    InsufficientStorage(String),
+    /// An admin route without the right bearer token (`--admin-token-file`); nothing changed.
+    Unauthorized(String),
     Internal(String),
 }
 
@@ -154,6 +159,8 @@ impl ApiError {
             ApiError::Busy => (503, "busy"),
             ApiError::Timeout => (504, "timeout"),
             ApiError::StorageFailure(_) => (500, "storage_failure"),
+            ApiError::InsufficientStorage(_) => (507, "insufficient_storage"),
+            ApiError::Unauthorized(_) => (401, "unauthorized"),
             ApiError::Internal(_) => (500, "internal"),
         }
     }
@@ -174,6 +181,8 @@ impl ApiError {
             | ApiError::NotFound(m)
             | ApiError::Conflict(m)
             | ApiError::StorageFailure(m)
+            | ApiError::InsufficientStorage(m)
+            | ApiError::Unauthorized(m)
             | ApiError::Internal(m) => m.clone(),
             ApiError::NoLeader => {
                 "no leader is known right now; nothing was applied, retry shortly".into()

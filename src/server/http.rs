@@ -395,6 +395,9 @@ pub(super) fn error_response(e: &ApiError) -> HttpResponse {
     if status == 503 {
         r = r.with_header(header("Retry-After", "1"));
     }
+    if status == 401 {
+        r = r.with_header(header("WWW-Authenticate", "Bearer realm=\"nimbus-admin\""));
+    }
     r
 }
 

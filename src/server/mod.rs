@@ -33,6 +33,7 @@ pub mod metrics;
 mod raft_loop;
 mod recovery;
 mod rest;
+pub mod space;
 
 use crate::config::{connect_addr, listen_addr, NodeConfig};
 use crate::raft::{Config as RaftConfig, Raft};
@@ -69,7 +70,8 @@ pub struct Node {
     raft_addr: SocketAddr,
     shutdown_tx: Sender<()>,
     http: Arc<tiny_http::Server>,
-    guard: http_guard::Guard,
+    /// `None` with `--http-guard off`.
+    guard: Option<http_guard::Guard>,
     raft_thread: Option<JoinHandle<Result<(), String>>>,
     workers: Vec<JoinHandle<()>>,
     clients: Sender<ClientRequest>,
@@ -132,34 +134,24 @@ impl Node {
         })?;
         let raft_addr = transport.local_addr();
 
-        // tiny_http serves on a private Unix socket; the guard listens on the HTTP address and forwards
-        // what passes its limits (see `http_guard`).
-        let (http, backend) = private_http_server(id, &cfg.data_dir).map_err(ServerError)?;
-        let fds = http_guard::fd_limit();
-        let max_connections = http_guard::connection_cap(cfg.http_max_connections, fds);
-        if max_connections < cfg.http_max_connections {
+        let (http, guard, http_addr) = if cfg.http_guard {
+            let (http, guard) = guarded_http_server(id, &cfg)?;
+            let addr = guard.local_addr();
+            (http, Some(guard), addr)
+        } else {
             warn!(
-                "[n{id}] --http-max-connections {} lowered to {max_connections}: the open-file limit is \
-                 {} and each HTTP connection holds up to {} descriptors (raise ulimit -n)",
-                cfg.http_max_connections,
-                fds.unwrap_or(0),
-                http_guard::FDS_PER_CONNECTION
+                "[n{id}] --http-guard off: tiny_http listens on {} itself, without the HTTP limits",
+                cfg.http_addr
             );
-        }
-        let guard = http_guard::Guard::start(
-            cfg.http_addr,
-            backend,
-            http_guard::GuardConfig {
-                max_connections,
-                // The URL limit of the routes, plus room for the method and the version.
-                max_line: cfg.max_url_bytes() + 1024,
-                max_header_bytes: cfg.http_max_header_bytes,
-                max_body: cfg.max_value_bytes as u64,
-                read_timeout: cfg.http_read_timeout,
-            },
-        )
-        .map_err(ServerError)?;
-        let http_addr = guard.local_addr();
+            let http = tiny_http::Server::http(cfg.http_addr).map_err(|e| {
+                ServerError(format!("cannot listen for HTTP on {}: {e}", cfg.http_addr))
+            })?;
+            let addr = http
+                .server_addr()
+                .to_ip()
+                .ok_or_else(|| ServerError("HTTP server has no IP address".into()))?;
+            (http, None, addr)
+        };
         let http = Arc::new(http);
 
         let metrics = Arc::new(metrics::Metrics::new(cfg.data_dir.join("wal")));
@@ -273,7 +265,9 @@ impl Node {
     }
 
     fn stop_http(&mut self) {
-        self.guard.stop();
+        if let Some(g) = &mut self.guard {
+            g.stop();
+        }
         for _ in 0..self.workers.len() {
             self.http.unblock();
         }
@@ -281,6 +275,40 @@ impl Node {
             let _ = w.join();
         }
     }
+}
+
+/// tiny_http on a private Unix socket, and the guard listening on the HTTP address in front of it,
+/// forwarding what passes its limits (see `http_guard`).
+fn guarded_http_server(
+    id: u64,
+    cfg: &NodeConfig,
+) -> Result<(tiny_http::Server, http_guard::Guard), ServerError> {
+    let (http, backend) = private_http_server(id, &cfg.data_dir).map_err(ServerError)?;
+    let fds = http_guard::fd_limit();
+    let max_connections = http_guard::connection_cap(cfg.http_max_connections, fds);
+    if max_connections < cfg.http_max_connections {
+        warn!(
+            "[n{id}] --http-max-connections {} lowered to {max_connections}: the open-file limit is {} \
+             and each HTTP connection holds up to {} descriptors (raise ulimit -n)",
+            cfg.http_max_connections,
+            fds.unwrap_or(0),
+            http_guard::FDS_PER_CONNECTION
+        );
+    }
+    let guard = http_guard::Guard::start(
+        cfg.http_addr,
+        backend,
+        http_guard::GuardConfig {
+            max_connections,
+            // The URL limit of the routes, plus room for the method and the version.
+            max_line: cfg.max_url_bytes() + 1024,
+            max_header_bytes: cfg.http_max_header_bytes,
+            max_body: cfg.max_value_bytes as u64,
+            read_timeout: cfg.http_read_timeout,
+        },
+    )
+    .map_err(ServerError)?;
+    Ok((http, guard))
 }
 
 /// A tiny_http server on a Unix socket for the HTTP guard to forward to: `<data-dir>/http-<pid>-<n>.sock`,
@@ -366,17 +394,20 @@ pub fn run(cfg: NodeConfig) -> Result<(), ServerError> {
         .join
         .clone()
         .map(|url| (url, cfg.id, cfg.members[&cfg.id].clone()));
+    let admin = cfg.admin_token.clone();
     let node = Node::start(cfg)?;
     if let Some((url, id, raft)) = join {
         let http = node.http_addr();
         std::thread::Builder::new()
             .name("join".into())
-            .spawn(move || match join::request_add(&url, id, &raft, http) {
-                Ok(()) => {
-                    info!("[n{id}] joined the cluster at {url} (as a learner until caught up)")
-                }
-                Err(e) => log::error!("[n{id}] {e}"),
-            })
+            .spawn(
+                move || match join::request_add(&url, id, &raft, http, admin.as_ref()) {
+                    Ok(()) => {
+                        info!("[n{id}] joined the cluster at {url} (as a learner until caught up)")
+                    }
+                    Err(e) => log::error!("[n{id}] {e}"),
+                },
+            )
             .map_err(|e| ServerError(format!("cannot start the join thread: {e}")))?;
     }
     let clients = node.client_sender();
