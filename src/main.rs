@@ -100,7 +100,7 @@ struct NodeArgs {
     #[arg(long)]
     cluster_token_file: Option<PathBuf>,
     /// File holding the admin token: the mutating /v1/cluster routes (add, promote, remove, transfer)
-    /// then require "Authorization: Bearer <token>", and --join sends it. Or set NIMBUS_ADMIN_TOKEN.
+    /// then require "Authorization: Bearer TOKEN", and --join sends it. Or set NIMBUS_ADMIN_TOKEN.
     /// Without either, those routes are open to every HTTP client.
     #[arg(long)]
     admin_token_file: Option<PathBuf>,

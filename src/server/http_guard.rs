@@ -240,7 +240,9 @@ fn accept_loop(listener: TcpListener, sh: Arc<Shared>) {
 /// An error the guard answers itself.
 struct Refusal(u16, &'static str, String);
 
-/// The connection to tiny_http for one client connection, and the thread copying its answers back.
+/// The connection to tiny_http for one client connection, and the thread copying its answers back. This is
+/// the one place where client connections are handed to tiny_http (one Unix-socket connection each,
+/// opened at the client's first complete request head): how they reach it changes here only.
 struct Backend {
     stream: UnixStream,
     copier: JoinHandle<()>,
