@@ -1,13 +1,15 @@
 //! Builds a node's data directory offline, as a node would have left it, so restart and catch-up can be
 //! measured with a large state without loading it through HTTP first.
 //!
-//! `cargo run --release --example make_datadir -- DIR KEYS [TAIL] [TERM]`
+//! `cargo run --release --example make_datadir -- DIR KEYS [TAIL] [TERM] [VOTERS]`
 //!
 //! - `KEYS` puts of 16-byte keys with 100-byte values are applied at indexes `1..=KEYS` to a `KvStore`,
 //!   each carrying an idempotency token shaped like the ones a follower generates when it forwards a write
 //!   (`n2.<nonce>.<counter>`), so the store also holds the last 100,000 tokens, as a node loaded through a
 //!   follower does. The store is written as the snapshot `DIR/snap/` at index `KEYS`, term `TERM` (default
-//!   2), with `SnapshotStore::write` (the same call the node's snapshot thread makes).
+//!   2), with `SnapshotStore::write` (the same call the node's snapshot thread makes), after the
+//!   membership section a node writes: voters `1..=VOTERS` (default 3), no learners, no addresses (the
+//!   nodes' flags give those). Start it with a `--cluster` of exactly `VOTERS` members.
 //! - The WAL `DIR/wal/` is restarted after that snapshot with `Wal::reset` (the call a node makes when it
 //!   installs a snapshot), then `TAIL` (default 0) more puts of new keys follow at indexes
 //!   `KEYS+1..=KEYS+TAIL` in the same term, and the hard state is `{term: TERM, vote: 0, commit:
@@ -17,7 +19,8 @@
 //! committed state. Prints what it wrote and how long each step took.
 
 use hash_nimbus::kv::{Command, Condition, KvStore};
-use hash_nimbus::raft::{Entry, EntryKind, HardState, Rng};
+use hash_nimbus::raft::{Entry, EntryKind, HardState, Membership, Rng};
+use hash_nimbus::server::cluster::write_membership;
 use hash_nimbus::storage::{SnapshotStore, Wal, WalOptions};
 use std::path::PathBuf;
 use std::time::Instant;
@@ -48,8 +51,8 @@ impl Gen {
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    if args.len() < 2 || args.len() > 4 {
-        eprintln!("usage: make_datadir DIR KEYS [TAIL] [TERM]");
+    if args.len() < 2 || args.len() > 5 {
+        eprintln!("usage: make_datadir DIR KEYS [TAIL] [TERM] [VOTERS]");
         std::process::exit(2);
     }
     let dir = PathBuf::from(&args[0]);
@@ -64,8 +67,9 @@ fn main() {
     let keys = num(1, 0);
     let tail = num(2, 0);
     let term = num(3, 2);
-    if keys == 0 || term == 0 {
-        eprintln!("KEYS and TERM must be at least 1");
+    let voters = num(4, 3);
+    if keys == 0 || term == 0 || voters == 0 {
+        eprintln!("KEYS, TERM and VOTERS must be at least 1");
         std::process::exit(2);
     }
     if dir.join("wal").exists() || dir.join("snap").exists() {
@@ -92,9 +96,16 @@ fn main() {
     );
 
     let t = Instant::now();
+    let membership = Membership {
+        voters: (1..=voters).collect(),
+        learners: Default::default(),
+    };
     let store = SnapshotStore::open(&dir.join("snap"), 2).expect("snapshot directory");
     let meta = store
-        .write(keys, term, |w| kv.write_snapshot(w))
+        .write(keys, term, |w| {
+            write_membership(w, &membership, &[])?;
+            kv.write_snapshot(w)
+        })
         .expect("write the snapshot");
     println!(
         "snapshot at {keys}/t{term}: {} bytes in {:.2?} ({})",

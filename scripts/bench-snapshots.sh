@@ -209,8 +209,11 @@ echo "work directory: $work"
 tails=0
 if part restart; then tails+=" $TAILS"; fi
 echo "== building data directories offline: $KEYS keys, tails $tails"
+# The snapshot records the membership, so 1-node and 3-node runs need directories of their own.
 for tail in $tails; do
-  "$bin/examples/make_datadir" "$work/base-$tail" "$KEYS" "$tail" | sed 's/^/  /'
+  for voters in 1 3; do
+    "$bin/examples/make_datadir" "$work/base$voters-$tail" "$KEYS" "$tail" 2 "$voters" | sed 's/^/  /'
+  done
 done
 empty_dir=$work/base-empty
 mkdir -p "$empty_dir"
@@ -266,14 +269,14 @@ restart_three() { # LABEL SRC [flags...]
 
 hold=(--snapshot-entries 10000000) # so that a WAL tail is not snapshotted away right after the restart
 if part restart; then
-restart_single "$KEYS keys, snapshot only" "$work/base-0"
-restart_single "$KEYS keys, snapshot only, cold page cache" "$work/base-0" cold
+restart_single "$KEYS keys, snapshot only" "$work/base1-0"
+restart_single "$KEYS keys, snapshot only, cold page cache" "$work/base1-0" cold
 for tail in $TAILS; do
-  restart_single "$KEYS keys, snapshot + $tail-entry WAL tail" "$work/base-$tail" "${hold[@]}"
+  restart_single "$KEYS keys, snapshot + $tail-entry WAL tail" "$work/base1-$tail" "${hold[@]}"
 done
-restart_three "$KEYS keys, snapshot only" "$work/base-0"
+restart_three "$KEYS keys, snapshot only" "$work/base3-0"
 last_tail=${TAILS##* }
-restart_three "$KEYS keys, snapshot + $last_tail-entry WAL tail" "$work/base-$last_tail" "${hold[@]}"
+restart_three "$KEYS keys, snapshot + $last_tail-entry WAL tail" "$work/base3-$last_tail" "${hold[@]}"
 fi
 
 # ---- 1b. validation: a real HTTP load, restarted, against an offline directory of the same shape ----
@@ -319,7 +322,7 @@ fi
 snapshot_pause() { # LABEL SIZE
   local label=$1 size=$2
   echo "== snapshot with $KEYS keys in a running node: $label"
-  for ((n = 0; n < size; n++)); do fresh_copy "$work/base-0" "$work/n$n"; done
+  for ((n = 0; n < size; n++)); do fresh_copy "$work/base$size-0" "$work/n$n"; done
   for ((n = 0; n < size; n++)); do start_node $n "$size" "$work/n$n"; done
   local leader
   leader=$(py leader 30 "$(ports "$size")")
@@ -392,8 +395,8 @@ catchup() { # LABEL BASE [flags...]
 if part catchup; then
 catchup "empty cluster, default flags (--snapshot-entries 10000)" "$empty_dir"
 catchup "empty cluster, --snapshot-entries 1000000 (no snapshot: by log)" "$empty_dir" --snapshot-entries 1000000
-catchup "$KEYS keys, default flags" "$work/base-0"
-catchup "$KEYS keys, --snapshot-entries 10000000 (by log)" "$work/base-0" --snapshot-entries 10000000
+catchup "$KEYS keys, default flags" "$work/base3-0"
+catchup "$KEYS keys, --snapshot-entries 10000000 (by log)" "$work/base3-0" --snapshot-entries 10000000
 fi
 
 echo

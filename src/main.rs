@@ -6,6 +6,9 @@
 //! `nimbus check --nodes 127.0.0.1:2021,127.0.0.1:2022,127.0.0.1:2023` runs concurrent clients against a
 //! running cluster and checks the history for linearizability (bring your own faults meanwhile). Every run
 //! uses fresh keys, so it may be repeated against the same cluster.
+//!
+//! `nimbus dev` starts a local cluster (3 nodes by default) as child processes and watches it; see
+//! [`hash_nimbus::dev`].
 
 use clap::{Args, Parser, Subcommand};
 use hash_nimbus::config::{
@@ -37,6 +40,8 @@ struct Cli {
 enum Sub {
     /// Run concurrent clients against a cluster and check the history for linearizability.
     Check(CheckArgs),
+    /// Start a local cluster of N nodes (child processes) and watch it; Ctrl-C stops them all.
+    Dev(hash_nimbus::dev::DevArgs),
 }
 
 #[derive(Args, Debug)]
@@ -303,8 +308,10 @@ fn check(args: CheckArgs) -> ExitCode {
 fn main() -> ExitCode {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
     let cli = Cli::parse();
-    if let Some(Sub::Check(args)) = cli.command {
-        return check(args);
+    match cli.command {
+        Some(Sub::Check(args)) => return check(args),
+        Some(Sub::Dev(args)) => return hash_nimbus::dev::run(args),
+        None => {}
     }
     let cfg = match build_config(cli.node) {
         Ok(c) => c,

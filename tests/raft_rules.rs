@@ -766,3 +766,25 @@ fn leadership_transfer_elects_the_target_at_once() {
     sim.run(50);
     sim.check_converged().unwrap();
 }
+
+/// The only voter campaigns at its first tick (nobody to disrupt or wait for); a node of a larger
+/// cluster still waits out its election timeout.
+#[test]
+fn a_sole_voter_leads_at_its_first_tick() {
+    let mut single = scripted(1, |_| {});
+    single.tick_node(1);
+    single.deliver_where(|_| true, false);
+    assert!(
+        single.raft(1).is_leader(),
+        "a one-node cluster leads after one tick"
+    );
+
+    let mut three = scripted(3, |_| {});
+    three.tick_node(1);
+    three.deliver_where(|_| true, false);
+    assert!(!three.raft(1).is_leader());
+    assert!(
+        three.raft(1).role() == Role::Follower,
+        "one tick is far below the election timeout of a 3-node cluster"
+    );
+}

@@ -24,9 +24,11 @@
 
 use crate::codec::{DecodeError, Reader, Writer};
 use crate::raft::Index;
-use std::collections::{BTreeMap, HashMap, VecDeque};
 
+mod chunked;
 mod snapshot;
+
+pub use chunked::ChunkedMap;
 
 const COMMAND_VERSION: u8 = 1;
 const TAG_TOKEN: u8 = 5;
@@ -194,6 +196,11 @@ pub enum ApplyResult {
     Invalid(String),
 }
 
+/// The index of a `token_order` key (written by `apply` as 8 big-endian bytes).
+fn order_index(key: &[u8]) -> Index {
+    key.try_into().map(Index::from_be_bytes).unwrap_or(0)
+}
+
 /// A stored value and the index of the entry that last wrote it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Versioned {
@@ -201,15 +208,18 @@ pub struct Versioned {
     pub modify_index: Index,
 }
 
-/// The replicated map. `Clone` (for snapshotting a copy off the Raft thread) and comparable (equal stores
-/// answer every future command alike).
+/// The replicated map. `Clone` is cheap (the maps inside are chunked and copy-on-write), so a snapshot
+/// takes a frozen copy on the Raft thread and writes it from another; comparable (equal stores answer
+/// every future command alike).
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct KvStore {
-    map: BTreeMap<Vec<u8>, Versioned>,
+    map: ChunkedMap<Versioned>,
     applied: Index,
-    /// Idempotency token -> (index of its first use, result), and the tokens in order of first use.
-    tokens: HashMap<Vec<u8>, (Index, ApplyResult)>,
-    token_order: VecDeque<(Index, Vec<u8>)>,
+    /// Idempotency token -> (index of its first use, result), and the tokens in order of first use
+    /// (keyed by that index, big-endian, so key order is index order). Both are chunked maps so that a
+    /// snapshot's copy of the store costs pointers, not the table.
+    tokens: ChunkedMap<(Index, ApplyResult)>,
+    token_order: ChunkedMap<Vec<u8>>,
     /// Sum of key and value bytes, for status and memory accounting.
     data_bytes: usize,
 }
@@ -259,11 +269,11 @@ impl KvStore {
     ) -> Vec<(&[u8], &Versioned)> {
         use std::ops::Bound;
         let lower = match after {
-            Some(a) if a >= prefix => Bound::Excluded(a.to_vec()),
-            _ => Bound::Included(prefix.to_vec()),
+            Some(a) if a >= prefix => Bound::Excluded(a),
+            _ => Bound::Included(prefix),
         };
         self.map
-            .range((lower, Bound::Unbounded))
+            .range_from(lower)
             .take_while(|(k, _)| k.starts_with(prefix))
             .take(limit)
             .map(|(k, v)| (k.as_slice(), v))
@@ -279,12 +289,12 @@ impl KvStore {
         );
         self.applied = index;
         // Forget tokens that left the window (deterministic: by log index).
-        while self
-            .token_order
-            .front()
-            .is_some_and(|(i, _)| *i + IDEMPOTENCY_WINDOW < index)
-        {
-            if let Some((_, t)) = self.token_order.pop_front() {
+        while let Some((first, _)) = self.token_order.first() {
+            if order_index(first) + IDEMPOTENCY_WINDOW >= index {
+                break;
+            }
+            let first = first.clone();
+            if let Some(t) = self.token_order.remove(&first) {
                 self.tokens.remove(&t);
             }
         }
@@ -300,7 +310,7 @@ impl KvStore {
         }
         let result = self.apply_command(index, cmd);
         self.tokens.insert(token.clone(), (index, result.clone()));
-        self.token_order.push_back((index, token));
+        self.token_order.insert(index.to_be_bytes().to_vec(), token);
         result
     }
 

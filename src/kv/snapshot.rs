@@ -28,10 +28,10 @@
 //!   of first use and within one [`IDEMPOTENCY_WINDOW`] of each other, and the input must end right after
 //!   the last token. Errors name the byte offset. No input can make it panic.
 
+use super::ChunkedMap;
 use super::{ApplyResult, KvStore, Versioned, IDEMPOTENCY_WINDOW, MAX_TOKEN_BYTES};
 use crate::codec::DecodeError;
 use crate::raft::Index;
-use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::io::{self, Read, Write};
 
 const MAGIC: &[u8; 7] = b"NIMBKVS";
@@ -177,7 +177,7 @@ impl KvStore {
         buf.push(VERSION);
         buf.extend_from_slice(&self.applied.to_le_bytes());
         buf.extend_from_slice(&(self.map.len() as u64).to_le_bytes());
-        for (k, v) in &self.map {
+        for (k, v) in self.map.iter() {
             put_bytes(&mut buf, k)?;
             put_bytes(&mut buf, &v.value)?;
             buf.extend_from_slice(&v.modify_index.to_le_bytes());
@@ -187,8 +187,8 @@ impl KvStore {
             }
         }
         buf.extend_from_slice(&(self.token_order.len() as u64).to_le_bytes());
-        for (index, token) in &self.token_order {
-            let Some((_, result)) = self.tokens.get(token) else {
+        for (_, token) in self.token_order.iter() {
+            let Some((index, result)) = self.tokens.get(token) else {
                 return Err(io::Error::other(
                     "idempotency token table inconsistent (a bug): token missing its result",
                 ));
@@ -246,7 +246,7 @@ impl KvStore {
                 },
             ));
         }
-        let map = BTreeMap::from_iter(sorted);
+        let map = ChunkedMap::from_sorted(sorted);
         let count = inp.u64("the token count")?;
         if count > IDEMPOTENCY_WINDOW + 1 {
             return Err(inp.err(format!(
@@ -254,20 +254,21 @@ impl KvStore {
                 IDEMPOTENCY_WINDOW + 1
             )));
         }
-        let mut tokens = HashMap::new();
-        let mut token_order: VecDeque<(Index, Vec<u8>)> = VecDeque::new();
+        let mut tokens = ChunkedMap::new();
+        let mut order: Vec<(Vec<u8>, Vec<u8>)> = Vec::new();
+        let (mut first, mut last): (Option<Index>, Option<Index>) = (None, None);
         for _ in 0..count {
             let token = inp.bytes(MAX_TOKEN_BYTES, "an idempotency token")?;
             if token.is_empty() {
                 return Err(inp.err("empty idempotency token"));
             }
             let index = inp.index(applied, "token index")?;
-            if let Some(&(last, _)) = token_order.back() {
+            if let Some(last) = last {
                 if index <= last {
                     return Err(inp.err(format!("token index {index} not above {last}")));
                 }
             }
-            if let Some(&(first, _)) = token_order.front() {
+            if let Some(first) = first {
                 if index - first > IDEMPOTENCY_WINDOW {
                     return Err(inp.err(format!(
                         "token indexes {first} and {index} are more than a window apart"
@@ -278,7 +279,9 @@ impl KvStore {
             if tokens.insert(token.clone(), (index, result)).is_some() {
                 return Err(inp.err("repeated idempotency token"));
             }
-            token_order.push_back((index, token));
+            order.push((index.to_be_bytes().to_vec(), token));
+            first.get_or_insert(index);
+            last = Some(index);
         }
         let mut end = [0u8; 1];
         loop {
@@ -293,7 +296,7 @@ impl KvStore {
             map,
             applied,
             tokens,
-            token_order,
+            token_order: ChunkedMap::from_sorted(order),
             data_bytes,
         })
     }

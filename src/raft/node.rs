@@ -428,7 +428,11 @@ impl Raft {
             return;
         }
         self.election_elapsed += 1;
-        if self.election_elapsed >= self.randomized_timeout && self.promotable() {
+        // The only voter has nobody to disrupt and nobody to wait for: it campaigns at its first tick
+        // instead of after an election timeout (so a one-node cluster serves at once after a restart).
+        let sole_voter =
+            self.membership.voters.len() == 1 && self.membership.voters.contains(&self.id);
+        if (self.election_elapsed >= self.randomized_timeout || sole_voter) && self.promotable() {
             self.campaign();
         }
     }

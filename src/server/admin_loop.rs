@@ -12,7 +12,8 @@
 //! - Shutdown: a leader first hands leadership to the most caught-up voter and waits (at most two election
 //!   timeouts) to stop being leader; then the loop stops, answering every waiting request.
 
-use super::{ApiError, RaftLoop, Waiter, WriteOk};
+use super::{ApiError, RaftLoop, Request, Waiter, WriteOk};
+use crate::machine::StateMachine;
 use crate::raft::{MembershipChange, NodeId, Role};
 use crate::server::cluster::{encode_book, Addrs};
 use crossbeam_channel::Sender;
@@ -23,7 +24,7 @@ use std::time::Instant;
 /// have acknowledged at least one entry).
 pub(super) const LEARNER_MAX_LAG: u64 = 1000;
 
-impl RaftLoop {
+impl<S: StateMachine, R: Into<Request<S>>> RaftLoop<S, R> {
     pub(super) fn membership_request(
         &mut self,
         change: MembershipChange,
@@ -81,7 +82,13 @@ impl RaftLoop {
         self.park(
             id,
             Waiter::Write {
-                reply,
+                reply: Box::new(move |r| {
+                    let _ = reply.send(r.map(|c| WriteOk {
+                        index: c.index,
+                        term: c.term,
+                        found: true,
+                    }));
+                }),
                 retry: None,
                 retried: false,
                 attempt: None,

@@ -14,6 +14,11 @@
 //! A [`Node`] owns every thread it starts; [`Node::shutdown`] stops them all. [`run`] is what the `nimbus`
 //! binary calls: start a node and serve until the Raft thread stops.
 //!
+//! The Raft side (data directory lock, recovery, core, transport, the Raft thread) is started by
+//! `prepare` and `Prepared::spawn`, generic over the [`StateMachine`]: the key-value [`Node`] runs it
+//! with the `KvMachine` and its HTTP workers, an [`crate::embed::Node`] with the embedder's state machine
+//! and no HTTP.
+//!
 //! Rules kept here:
 //! - The data directory lock ([`DataDirLock`]) is taken before anything in the directory is read, and
 //!   held until the node is dropped.
@@ -29,28 +34,33 @@ pub mod cluster;
 pub mod http;
 pub mod http_guard;
 pub mod join;
+mod kv_machine;
 pub mod metrics;
 mod raft_loop;
 mod recovery;
+pub(crate) mod request;
 mod rest;
 pub mod space;
 
 use crate::config::{connect_addr, listen_addr, NodeConfig};
-use crate::raft::{Config as RaftConfig, Raft};
-use crate::storage::DataDirLock;
+use crate::machine::StateMachine;
+use crate::raft::{Config as RaftConfig, Index, Message, Raft};
+use crate::storage::{DataDirLock, Wal};
 use crate::transport::{Transport, TransportConfig};
 use api::ClientRequest;
-use crossbeam_channel::Sender;
+use crossbeam_channel::{Receiver, Sender};
 use log::{error, info, warn};
+use request::Request;
 use std::fmt;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
 /// Bound on client requests queued for the Raft thread; beyond it clients get 503 `busy`.
-const CLIENT_QUEUE: usize = 16_384;
-/// Bound on peer messages queued for the Raft thread (readers block briefly when it is full).
-const PEER_QUEUE: usize = 65_536;
+const CLIENT_QUEUE: usize = 4_096;
+/// Bound on peer messages queued for the Raft thread (readers block briefly when it is full). Both bounds
+/// are allocated (and touched) up front by the channel: 8,192 messages cost about 1 MiB of RSS.
+const PEER_QUEUE: usize = 8_192;
 
 /// Why a node could not start or had to stop.
 #[derive(Debug)]
@@ -82,70 +92,23 @@ pub struct Node {
 impl Node {
     /// Opens the data directory, recovers the log, and starts serving.
     pub fn start(cfg: NodeConfig) -> Result<Node, ServerError> {
-        cfg.validate().map_err(ServerError)?;
         let id = cfg.id;
-        std::fs::create_dir_all(&cfg.data_dir).map_err(|e| {
-            ServerError(format!(
-                "cannot create data directory {}: {e}",
-                cfg.data_dir.display()
-            ))
-        })?;
-        // Before anything in the directory is read or written.
-        let lock = DataDirLock::acquire(&cfg.data_dir).map_err(ServerError)?;
-        let recovery::Recovered {
-            wal,
-            init,
-            kv,
-            store,
-        } = recovery::recover(&cfg).map_err(ServerError)?;
-        let snap_dir = store.dir().to_path_buf();
-        let snaps = raft_loop::Snapshots::new(store, init.snapshot_index);
-        let voters = match &cfg.bootstrap_voters {
-            Some(v) => v.clone(),
-            None => cfg.members.keys().copied().collect(),
-        };
-        let mut rcfg = RaftConfig::new(id, voters);
-        rcfg.election_ticks = cfg.election_ticks;
-        rcfg.heartbeat_ticks = cfg.heartbeat_ticks;
-        // The lease covers 80 % of the minimum election timeout: nodes' tick rates may differ by up to
-        // that margin (see `Raft::lease_read`).
-        rcfg.lease_ticks = cfg.election_ticks * 4 / 5;
-        let raft = Raft::new(rcfg, init, seed_for(id)).map_err(ServerError)?;
+        let sm = kv_machine::KvMachine::new(cfg.max_key_bytes, cfg.max_value_bytes);
+        let http_addr = cfg.http_addr;
+        let prepared = prepare(cfg, sm, Some(http_addr))?;
+        let raft_addr = prepared.raft_addr;
 
-        let (peer_tx, peer_rx) = crossbeam_channel::bounded(PEER_QUEUE);
-        let raft_listen = listen_addr(&cfg.members[&id]).map_err(ServerError)?;
-        let mut peers = std::collections::BTreeMap::new();
-        for (&pid, addr) in &cfg.members {
-            if pid != id {
-                // Checked here so a bad address is a start-up error, not a silent retry loop later.
-                connect_addr(addr).map_err(|e| ServerError(format!("peer {pid}: {e}")))?;
-                peers.insert(pid, addr.clone());
-            }
-        }
-        let mut tcfg = TransportConfig::new(id, cfg.cluster_name.clone(), raft_listen, peers);
-        tcfg.connect_timeout = cfg.tick * cfg.election_ticks;
-        tcfg.advertise_http = Some(cfg.http_addr);
-        tcfg.snapshot_dir = Some(snap_dir);
-        tcfg.token = cfg.cluster_token.clone();
-        let transport = Transport::start(tcfg, peer_tx).map_err(|e| {
-            ServerError(format!(
-                "cannot start the peer transport on {raft_listen}: {e}"
-            ))
-        })?;
-        let raft_addr = transport.local_addr();
-
-        let (http, guard, http_addr) = if cfg.http_guard {
-            let (http, guard) = guarded_http_server(id, &cfg)?;
+        let (http, guard, http_addr) = if prepared.cfg.http_guard {
+            let (http, guard) = guarded_http_server(id, &prepared.cfg)?;
             let addr = guard.local_addr();
             (http, Some(guard), addr)
         } else {
             warn!(
                 "[n{id}] --http-guard off: tiny_http listens on {} itself, without the HTTP limits",
-                cfg.http_addr
+                http_addr
             );
-            let http = tiny_http::Server::http(cfg.http_addr).map_err(|e| {
-                ServerError(format!("cannot listen for HTTP on {}: {e}", cfg.http_addr))
-            })?;
+            let http = tiny_http::Server::http(http_addr)
+                .map_err(|e| ServerError(format!("cannot listen for HTTP on {http_addr}: {e}")))?;
             let addr = http
                 .server_addr()
                 .to_ip()
@@ -154,37 +117,16 @@ impl Node {
         };
         let http = Arc::new(http);
 
-        let metrics = Arc::new(metrics::Metrics::new(cfg.data_dir.join("wal")));
-        let (client_tx, client_rx) = crossbeam_channel::bounded(CLIENT_QUEUE);
-        let (shutdown_tx, shutdown_rx) = crossbeam_channel::bounded(1);
-        let cfg = Arc::new(cfg);
-        let lp = raft_loop::RaftLoop::new(
-            (*cfg).clone(),
-            raft,
-            wal,
-            transport,
-            kv,
-            peer_rx,
-            client_rx,
-            shutdown_rx,
-            metrics.clone(),
-            snaps,
-        );
+        let metrics = Arc::new(metrics::Metrics::new(prepared.cfg.data_dir.join("wal")));
+        let (client_tx, client_rx) = crossbeam_channel::bounded::<ClientRequest>(CLIENT_QUEUE);
+        let cfg = Arc::new(prepared.cfg.clone());
         let http_for_stop = http.clone();
-        let raft_thread = std::thread::Builder::new()
-            .name(format!("raft-{id}"))
-            .spawn(move || {
-                let r = lp.run().map_err(|e| fatal_message(id, &e));
-                if let Err(e) = &r {
-                    error!("{e}");
-                }
-                // Stop accepting requests that could no longer be served.
-                for _ in 0..1024 {
-                    http_for_stop.unblock();
-                }
-                r
-            })
-            .map_err(|e| ServerError(format!("cannot spawn the raft thread: {e}")))?;
+        let running = prepared.spawn(client_rx, metrics.clone(), move || {
+            // Stop accepting requests that could no longer be served.
+            for _ in 0..1024 {
+                http_for_stop.unblock();
+            }
+        })?;
         let mut workers = Vec::new();
         for i in 0..cfg.http_threads {
             let (server, tx, cfg, m) = (
@@ -204,13 +146,13 @@ impl Node {
         Ok(Node {
             http_addr,
             raft_addr,
-            shutdown_tx,
+            shutdown_tx: running.shutdown_tx,
             http,
             guard,
-            raft_thread: Some(raft_thread),
+            raft_thread: Some(running.raft_thread),
             workers,
             clients: client_tx,
-            _lock: lock,
+            _lock: running.lock,
         })
     }
 
@@ -358,6 +300,151 @@ fn private_http_server(
     let server = tiny_http::Server::from_listener(listener, None)
         .map_err(|e| format!("cannot start the HTTP server: {e}"))?;
     Ok((server, addr))
+}
+
+/// A node's Raft side, ready to run: data directory locked, storage recovered, core built, transport
+/// listening.
+pub(crate) struct Prepared<S: StateMachine> {
+    pub cfg: NodeConfig,
+    pub raft_addr: SocketAddr,
+    raft: Raft,
+    wal: Wal,
+    transport: Transport,
+    sm: S,
+    applied: Index,
+    peer_rx: Receiver<Message>,
+    snaps: raft_loop::Snapshots,
+    lock: DataDirLock,
+}
+
+/// A running Raft thread and what stops it.
+pub(crate) struct Running {
+    /// Stops the Raft thread at once (no leadership hand-over).
+    pub shutdown_tx: Sender<()>,
+    /// Ends with the loop: `Err` after a fatal storage failure (the message is logged already).
+    pub raft_thread: JoinHandle<Result<(), String>>,
+    /// Held for the node's lifetime; drop it last.
+    pub lock: DataDirLock,
+}
+
+/// Validates `cfg`, locks and recovers the data directory (restoring `sm`, the state machine's initial
+/// state, from the newest snapshot), builds the core and starts the peer transport. `advertise_http` is
+/// the HTTP address announced to peers (none for an embedded node).
+pub(crate) fn prepare<S: StateMachine>(
+    cfg: NodeConfig,
+    sm: S,
+    advertise_http: Option<SocketAddr>,
+) -> Result<Prepared<S>, ServerError> {
+    cfg.validate().map_err(ServerError)?;
+    let id = cfg.id;
+    std::fs::create_dir_all(&cfg.data_dir).map_err(|e| {
+        ServerError(format!(
+            "cannot create data directory {}: {e}",
+            cfg.data_dir.display()
+        ))
+    })?;
+    // Before anything in the directory is read or written.
+    let lock = DataDirLock::acquire(&cfg.data_dir).map_err(ServerError)?;
+    let recovery::Recovered {
+        wal,
+        init,
+        sm,
+        store,
+    } = recovery::recover(&cfg, sm).map_err(ServerError)?;
+    let applied = init.snapshot_index;
+    let snap_dir = store.dir().to_path_buf();
+    let snaps = raft_loop::Snapshots::new(store, init.snapshot_index);
+    let voters = match &cfg.bootstrap_voters {
+        Some(v) => v.clone(),
+        None => cfg.members.keys().copied().collect(),
+    };
+    let mut rcfg = RaftConfig::new(id, voters);
+    rcfg.election_ticks = cfg.election_ticks;
+    rcfg.heartbeat_ticks = cfg.heartbeat_ticks;
+    // The lease covers 80 % of the minimum election timeout: nodes' tick rates may differ by up to
+    // that margin (see `Raft::lease_read`).
+    rcfg.lease_ticks = cfg.election_ticks * 4 / 5;
+    let raft = Raft::new(rcfg, init, seed_for(id)).map_err(ServerError)?;
+
+    let (peer_tx, peer_rx) = crossbeam_channel::bounded(PEER_QUEUE);
+    let raft_listen = listen_addr(&cfg.members[&id]).map_err(ServerError)?;
+    let mut peers = std::collections::BTreeMap::new();
+    for (&pid, addr) in &cfg.members {
+        if pid != id {
+            // Checked here so a bad address is a start-up error, not a silent retry loop later.
+            connect_addr(addr).map_err(|e| ServerError(format!("peer {pid}: {e}")))?;
+            peers.insert(pid, addr.clone());
+        }
+    }
+    let mut tcfg = TransportConfig::new(id, cfg.cluster_name.clone(), raft_listen, peers);
+    tcfg.connect_timeout = cfg.tick * cfg.election_ticks;
+    tcfg.advertise_http = advertise_http;
+    tcfg.snapshot_dir = Some(snap_dir);
+    tcfg.token = cfg.cluster_token.clone();
+    let transport = Transport::start(tcfg, peer_tx).map_err(|e| {
+        ServerError(format!(
+            "cannot start the peer transport on {raft_listen}: {e}"
+        ))
+    })?;
+    let raft_addr = transport.local_addr();
+    Ok(Prepared {
+        cfg,
+        raft_addr,
+        raft,
+        wal,
+        transport,
+        sm,
+        applied,
+        peer_rx,
+        snaps,
+        lock,
+    })
+}
+
+impl<S: StateMachine> Prepared<S> {
+    /// Starts the Raft thread serving the requests that arrive on `client_rx`. `on_stop` runs on that
+    /// thread when the loop has stopped (after a fatal error too).
+    pub(crate) fn spawn<R>(
+        self,
+        client_rx: Receiver<R>,
+        metrics: Arc<metrics::Metrics>,
+        on_stop: impl FnOnce() + Send + 'static,
+    ) -> Result<Running, ServerError>
+    where
+        R: Into<Request<S>> + Send + 'static,
+    {
+        let id = self.cfg.id;
+        let (shutdown_tx, shutdown_rx) = crossbeam_channel::bounded(1);
+        let lp = raft_loop::RaftLoop::new(
+            self.cfg,
+            self.raft,
+            self.wal,
+            self.transport,
+            self.sm,
+            self.applied,
+            self.peer_rx,
+            client_rx,
+            shutdown_rx,
+            metrics,
+            self.snaps,
+        );
+        let raft_thread = std::thread::Builder::new()
+            .name(format!("raft-{id}"))
+            .spawn(move || {
+                let r = lp.run().map_err(|e| fatal_message(id, &e));
+                if let Err(e) = &r {
+                    error!("{e}");
+                }
+                on_stop();
+                r
+            })
+            .map_err(|e| ServerError(format!("cannot spawn the raft thread: {e}")))?;
+        Ok(Running {
+            shutdown_tx,
+            raft_thread,
+            lock: self.lock,
+        })
+    }
 }
 
 /// How long HTTP workers may take to send their last answers after a fatal error.

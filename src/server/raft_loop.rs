@@ -14,6 +14,11 @@
 //!   token (the client's, or one generated here). If the leader changes while it is in flight, the same
 //!   bytes are proposed again (as soon as a leader is known, until the deadline); the state machine applies
 //!   the token once and answers a repeat with the first result.
+//!   Only for state machines that apply tokens (the request says so: the key-value store does); other
+//!   proposals lost in a leader change are answered `leader_changed` (outcome unknown).
+//! - The state machine is any `StateMachine` (`crate::machine`); the loop keeps its applied index, and
+//!   client requests are the generic `Request`s of `request.rs` (the HTTP layer's `ClientRequest`s are
+//!   converted in `kv_machine.rs`).
 //! - The core's clock follows real time: every tick event (and every lease read) first catches up on the
 //!   ticks that are due, so a paused process (SIGSTOP, a long GC-like stall, an overloaded machine) sees
 //!   its missed ticks before it serves anything from a lease.
@@ -31,18 +36,19 @@
 //!   changes are derived from the core's read-only state after every tick and peer message, never by
 //!   changing the core.
 
-use super::api::{ApiError, ClientRequest, Consistency, ReadOk, ReadQuery, WriteOk};
+use super::api::{ApiError, Consistency, WriteOk};
 use super::cluster::{decode_book, AddressBook, Addrs};
 use super::metrics::{Metrics, ProposalKind, RaftWatch};
+use super::request::{Committed, ReadFn, ReadMeta, Request, WriteReply};
 use super::space::SpaceWatch;
 use crate::config::NodeConfig;
-use crate::kv::{ApplyResult, KvStore};
+use crate::machine::StateMachine;
 use crate::raft::{
     EntryKind, Index, Membership, Message, MessageBody, Raft, RequestError, Role, Term,
 };
 use crate::storage::Wal;
 use crate::transport::Transport;
-use crossbeam_channel::{select, Receiver, Sender};
+use crossbeam_channel::{select, Receiver};
 use log::{info, warn};
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::Arc;
@@ -52,16 +58,16 @@ use std::time::Instant;
 mod admin_loop;
 #[path = "snapshots.rs"]
 mod snapshots;
-pub(super) use snapshots::{load_kv, Snapshots};
+pub(super) use snapshots::{load_snapshot, Snapshots};
 
 /// At most this many queued inputs are folded into one turn.
 const MAX_BATCH: usize = 4096;
 /// Apply results kept for proposals whose answer arrives after their entry was applied.
 const RECENT_RESULTS: usize = 65_536;
 
-enum Waiter {
+enum Waiter<S: StateMachine> {
     Write {
-        reply: Sender<Result<WriteOk, ApiError>>,
+        reply: WriteReply<S::Output>,
         /// The proposal's bytes when it carries a token, so it can be proposed again after a leader change.
         retry: Option<Vec<u8>>,
         /// Proposed more than once: a failure is then never definite.
@@ -70,13 +76,12 @@ enum Waiter {
         attempt: Option<(Index, Term)>,
     },
     Read {
-        query: ReadQuery,
-        reply: Sender<Result<ReadOk, ApiError>>,
+        read: ReadFn<S>,
     },
 }
 
-struct Pending {
-    waiter: Waiter,
+struct Pending<S: StateMachine> {
+    waiter: Waiter<S>,
 }
 
 /// Counters exposed on `/status`.
@@ -95,24 +100,28 @@ pub struct LoopStats {
     pub lease_reads: u64,
 }
 
-pub struct RaftLoop {
+/// The Raft thread's state, generic over the state machine `S` and over what clients send (`R`: the
+/// HTTP layer's `ClientRequest` for the key-value server, `Request<S>` itself for an embedded node).
+pub struct RaftLoop<S: StateMachine, R> {
     pub(super) cfg: NodeConfig,
     pub(super) raft: Raft,
     pub(super) wal: Wal,
     pub(super) transport: Transport,
-    pub(super) kv: KvStore,
+    pub(super) sm: S,
+    /// The index of the last entry applied to `sm` (commands and entries without one alike).
+    pub(super) applied: Index,
     pub(super) peer_rx: Receiver<Message>,
-    pub(super) client_rx: Receiver<ClientRequest>,
+    pub(super) client_rx: Receiver<R>,
     pub(super) shutdown_rx: Receiver<()>,
     next_request: u64,
-    pending: HashMap<u64, Pending>,
+    pending: HashMap<u64, Pending<S>>,
     /// Request ids in deadline order (all requests share one timeout).
     deadlines: VecDeque<(Instant, u64)>,
     /// Writes appended at an index (with the term they were appended in), waiting for apply.
     writes_at: BTreeMap<Index, Vec<(Term, u64)>>,
     /// Reads waiting for the state machine to reach their read index.
     reads_at: BTreeMap<Index, Vec<u64>>,
-    recent: VecDeque<(Index, Term, ApplyResult)>,
+    recent: VecDeque<(Index, Term, S::Output)>,
     /// Tokened writes waiting for a leader to be proposed again.
     retry_queue: Vec<u64>,
     /// Makes generated idempotency tokens unique across restarts of this node.
@@ -135,16 +144,18 @@ pub struct RaftLoop {
     space: SpaceWatch,
 }
 
-impl RaftLoop {
+impl<S: StateMachine, R: Into<Request<S>>> RaftLoop<S, R> {
+    /// `sm` holds the state as of entry `applied` (the snapshot it was restored from; 0: none).
     #[allow(clippy::too_many_arguments)]
     pub fn new(
         cfg: NodeConfig,
         raft: Raft,
         wal: Wal,
         transport: Transport,
-        kv: KvStore,
+        sm: S,
+        applied: Index,
         peer_rx: Receiver<Message>,
-        client_rx: Receiver<ClientRequest>,
+        client_rx: Receiver<R>,
         shutdown_rx: Receiver<()>,
         metrics: Arc<Metrics>,
         snaps: Snapshots,
@@ -176,7 +187,8 @@ impl RaftLoop {
             raft,
             wal,
             transport,
-            kv,
+            sm,
+            applied,
             peer_rx,
             client_rx,
             shutdown_rx,
@@ -217,23 +229,7 @@ impl RaftLoop {
         ));
         self.fail_all(err.clone());
         while let Ok(r) = self.client_rx.try_recv() {
-            match r {
-                ClientRequest::Write { reply, .. } => {
-                    let _ = reply.send(Err(err.clone()));
-                }
-                ClientRequest::Read { reply, .. } => {
-                    let _ = reply.send(Err(err.clone()));
-                }
-                ClientRequest::Membership { reply, .. } => {
-                    let _ = reply.send(Err(err.clone()));
-                }
-                ClientRequest::Transfer { reply, .. } => {
-                    let _ = reply.send(Err(err.clone()));
-                }
-                ClientRequest::Status { .. }
-                | ClientRequest::Cluster { .. }
-                | ClientRequest::Shutdown => {}
-            }
+            r.into().fail(err.clone());
         }
     }
 
@@ -257,7 +253,7 @@ impl RaftLoop {
                     Err(_) => break,
                 },
                 recv(self.client_rx) -> r => match r {
-                    Ok(r) => self.handle_client(r),
+                    Ok(r) => self.handle_client(r.into()),
                     Err(_) => break,
                 },
                 recv(self.snaps.taken_rx) -> t => {
@@ -280,7 +276,7 @@ impl RaftLoop {
                     any = true;
                 }
                 if let Ok(r) = self.client_rx.try_recv() {
-                    self.handle_client(r);
+                    self.handle_client(r.into());
                     any = true;
                 }
                 if !any {
@@ -361,23 +357,24 @@ impl RaftLoop {
         id
     }
 
-    fn park(&mut self, id: u64, waiter: Waiter) {
+    fn park(&mut self, id: u64, waiter: Waiter<S>) {
         let deadline = Instant::now() + self.cfg.request_timeout;
         self.pending.insert(id, Pending { waiter });
         self.deadlines.push_back((deadline, id));
     }
 
-    fn handle_client(&mut self, req: ClientRequest) {
+    fn handle_client(&mut self, req: Request<S>) {
         match req {
-            ClientRequest::Write {
-                command,
+            Request::Propose {
+                encode,
                 token,
+                tokens,
                 reply,
             } => {
                 let id = self.request_id();
                 // A write that will be forwarded gets a token, so a leader change cannot apply it twice.
                 let token = token.or_else(|| {
-                    (!self.raft.is_leader()).then(|| {
+                    (tokens && !self.raft.is_leader()).then(|| {
                         self.next_token += 1;
                         format!(
                             "n{}.{:x}.{}",
@@ -386,10 +383,7 @@ impl RaftLoop {
                         .into_bytes()
                     })
                 });
-                let bytes = match &token {
-                    Some(t) => command.encode_with_token(t),
-                    None => command.encode(),
-                };
+                let bytes = encode(token.as_deref());
                 let retry = token.is_some().then(|| bytes.clone());
                 self.park(
                     id,
@@ -403,29 +397,24 @@ impl RaftLoop {
                 self.count_proposal();
                 self.raft.propose(id, vec![bytes]);
             }
-            ClientRequest::Read {
-                query,
+            Request::Read {
                 consistency: Consistency::Stale,
-                reply,
-            } => {
-                let _ = reply.send(Ok(self.read_local(&query)));
-            }
-            ClientRequest::Read {
-                query,
+                read,
+            } => read(Ok((&self.sm, self.read_meta()))),
+            Request::Read {
                 consistency: Consistency::Linearizable,
-                reply,
+                read,
             } => {
                 let id = self.request_id();
-                self.park(id, Waiter::Read { query, reply });
+                self.park(id, Waiter::Read { read });
                 self.raft.read_index(id);
             }
-            ClientRequest::Read {
-                query,
+            Request::Read {
                 consistency: Consistency::Lease,
-                reply,
+                read,
             } => {
                 let id = self.request_id();
-                self.park(id, Waiter::Read { query, reply });
+                self.park(id, Waiter::Read { read });
                 self.catch_up_ticks();
                 match self.raft.lease_read() {
                     Some(index) => {
@@ -436,67 +425,37 @@ impl RaftLoop {
                     None => self.raft.read_index(id),
                 }
             }
-            ClientRequest::Status { reply } => {
-                let _ = reply.send(self.status());
-            }
-            ClientRequest::Membership {
+            Request::Status { reply } => reply(self.status(), &self.sm),
+            Request::Membership {
                 change,
                 addrs,
                 auto_promote,
                 reply,
             } => self.membership_request(change, addrs, auto_promote, reply),
-            ClientRequest::Transfer { target, reply } => {
+            Request::Transfer { target, reply } => {
                 let r = self
                     .raft
                     .transfer_leadership(target)
                     .map_err(|e| self.request_error(e));
                 let _ = reply.send(r);
             }
-            ClientRequest::Cluster { reply } => {
+            Request::Cluster { reply } => {
                 let _ = reply.send(self.cluster_view());
             }
-            ClientRequest::Shutdown => self.begin_shutdown(),
+            Request::Shutdown => self.begin_shutdown(),
         }
     }
 
-    fn read_local(&self, query: &ReadQuery) -> ReadOk {
-        let mut ok = ReadOk {
-            value: None,
-            items: Vec::new(),
-            more: false,
-            modify_index: 0,
-            applied_index: self.kv.applied(),
+    /// What a read served now sees.
+    fn read_meta(&self) -> ReadMeta {
+        ReadMeta {
+            applied_index: self.applied,
             term: self.raft.term(),
             leader_contact: self
                 .raft
                 .leader_contact_age()
                 .map(|t| self.cfg.tick * u32::try_from(t).unwrap_or(u32::MAX)),
-        };
-        match query {
-            ReadQuery::Get(key) => {
-                if let Some(v) = self.kv.get(key) {
-                    ok.value = Some(v.value.clone());
-                    ok.modify_index = v.modify_index;
-                }
-            }
-            ReadQuery::Scan {
-                prefix,
-                after,
-                limit,
-            } => {
-                // One more than asked tells whether another page exists.
-                let found = self
-                    .kv
-                    .scan(prefix, after.as_deref(), limit.saturating_add(1));
-                ok.more = found.len() > *limit;
-                ok.items = found
-                    .into_iter()
-                    .take(*limit)
-                    .map(|(k, v)| (k.to_vec(), v.value.clone(), v.modify_index))
-                    .collect();
-            }
         }
-        ok
     }
 
     /// Runs the core's ready cycle until it has nothing more (see the module rules).
@@ -570,7 +529,8 @@ impl RaftLoop {
             for e in rd.committed {
                 match e.kind {
                     EntryKind::Noop => {
-                        self.kv.set_applied(e.index);
+                        self.sm.skip(e.index);
+                        self.applied = e.index;
                         // A write waiting here was overwritten by a new leader's no-op.
                         for (t, id) in self.writes_at.remove(&e.index).unwrap_or_default() {
                             if self.is_latest_attempt(id, e.index, t) {
@@ -579,13 +539,14 @@ impl RaftLoop {
                         }
                     }
                     EntryKind::Config { .. } => {
-                        self.kv.set_applied(e.index);
-                        let done = ApplyResult::Ok { index: e.index };
-                        self.finish_writes(e.index, e.term, &done);
+                        self.sm.skip(e.index);
+                        self.applied = e.index;
+                        self.finish_writes(e.index, e.term, None);
                     }
                     EntryKind::Command(data) => {
-                        let result = self.kv.apply(e.index, &data);
-                        self.finish_writes(e.index, e.term, &result);
+                        let result = self.sm.apply(e.index, &data);
+                        self.applied = e.index;
+                        self.finish_writes(e.index, e.term, Some(&result));
                         self.recent.push_back((e.index, e.term, result));
                         if self.recent.len() > RECENT_RESULTS {
                             self.recent.pop_front();
@@ -616,7 +577,7 @@ impl RaftLoop {
         self.maybe_take_snapshot();
         self.watch.observe_role(&self.raft, &self.metrics);
         self.watch
-            .observe_state(&self.raft, self.kv.applied(), &self.metrics);
+            .observe_state(&self.raft, self.applied, &self.metrics);
         let role = self.raft.role();
         if role != self.last_role {
             self.last_role = role;
@@ -687,7 +648,7 @@ impl RaftLoop {
         {
             *attempt = Some((index, term));
         }
-        if index <= self.kv.applied() {
+        if index <= self.applied {
             // Already applied (a forwarded proposal whose answer came late): look up the result.
             let found = self
                 .recent
@@ -696,7 +657,9 @@ impl RaftLoop {
                 .find(|(i, _, _)| *i == index)
                 .cloned();
             match found {
-                Some((_, t, result)) if t == term => self.answer_write(id, index, term, &result),
+                Some((_, t, result)) if t == term => {
+                    self.answer_write(id, index, term, Some(&result))
+                }
                 Some(_) => self.fail(id, ApiError::NotCommitted),
                 None => self.fail(id, ApiError::LeaderChanged),
             }
@@ -705,7 +668,7 @@ impl RaftLoop {
         self.writes_at.entry(index).or_default().push((term, id));
     }
 
-    fn finish_writes(&mut self, index: Index, term: Term, result: &ApplyResult) {
+    fn finish_writes(&mut self, index: Index, term: Term, result: Option<&S::Output>) {
         let Some(waiting) = self.writes_at.remove(&index) else {
             return;
         };
@@ -732,36 +695,25 @@ impl RaftLoop {
         }
     }
 
-    fn answer_write(&mut self, id: u64, index: Index, term: Term, result: &ApplyResult) {
+    /// Answers a write whose entry applied in the term it was appended in (`result`: `None` for an entry
+    /// without a command).
+    fn answer_write(&mut self, id: u64, index: Index, term: Term, result: Option<&S::Output>) {
         let Some(p) = self.pending.remove(&id) else {
             return;
         };
         let Waiter::Write { reply, .. } = p.waiter else {
             return;
         };
-        let answer = match result {
-            // For a repeated token this is the first application's index.
-            ApplyResult::Ok { index: first } => Ok(WriteOk {
-                index: *first,
-                term,
-                found: true,
-            }),
-            ApplyResult::NotFound => Ok(WriteOk {
-                index,
-                term,
-                found: false,
-            }),
-            ApplyResult::ConditionFailed { current } => {
-                Err(ApiError::PreconditionFailed { current: *current })
-            }
-            ApplyResult::Invalid(e) => Err(ApiError::Internal(format!("invalid command: {e}"))),
-        };
         self.stats.writes_ok += 1;
-        let _ = reply.send(answer);
+        reply(Ok(Committed {
+            index,
+            term,
+            output: result.cloned(),
+        }));
     }
 
     fn release_reads(&mut self) {
-        let applied = self.kv.applied();
+        let applied = self.applied;
         while let Some((&index, _)) = self.reads_at.first_key_value() {
             if index > applied {
                 break;
@@ -769,11 +721,11 @@ impl RaftLoop {
             let ids = self.reads_at.remove(&index).unwrap_or_default();
             for id in ids {
                 if let Some(Pending {
-                    waiter: Waiter::Read { query, reply },
+                    waiter: Waiter::Read { read },
                 }) = self.pending.remove(&id)
                 {
                     self.stats.reads_ok += 1;
-                    let _ = reply.send(Ok(self.read_local(&query)));
+                    read(Ok((&self.sm, self.read_meta())));
                 }
             }
         }
@@ -794,11 +746,9 @@ impl RaftLoop {
                         }
                         e => e,
                     };
-                    let _ = reply.send(Err(err));
+                    reply(Err(err));
                 }
-                Waiter::Read { reply, .. } => {
-                    let _ = reply.send(Err(err));
-                }
+                Waiter::Read { read } => read(Err(err)),
             }
         }
     }
@@ -862,11 +812,9 @@ impl RaftLoop {
             "leader_last_contact_ms": self.raft.leader_contact_age().map(|t| self.ticks_ms(t)),
             "lease_valid": self.raft.lease_read().is_some(),
             "commit_index": log.committed(),
-            "applied_index": self.kv.applied(),
+            "applied_index": self.applied,
             "last_index": log.last_index(),
             "first_index": log.first_index(),
-            "keys": self.kv.len(),
-            "data_bytes": self.kv.data_bytes(),
             "pending_requests": self.pending.len(),
             "storage": {
                 "free_bytes": self.space.space().free,
@@ -889,14 +837,13 @@ impl RaftLoop {
                 "write_retries": self.stats.retries,
                 "lease_reads": self.stats.lease_reads,
                 "snapshots": self.snapshot_status(),
-                "idempotency_tokens": self.kv.tokens(),
                 "wal": format!("{wal:?}"),
             },
         })
     }
 }
 
-impl RaftLoop {
+impl<S: StateMachine, R: Into<Request<S>>> RaftLoop<S, R> {
     /// Maps a core error to what the client sees.
     fn request_error(&self, e: RequestError) -> ApiError {
         match e {

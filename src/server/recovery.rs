@@ -10,22 +10,27 @@
 //!   snapshot's own entry (a crash after a leader's snapshot was kept but before the WAL was restarted
 //!   after it), or ends before it, the WAL is restarted after the snapshot, keeping the hard state.
 
-use super::raft_loop::load_kv;
+use super::raft_loop::load_snapshot;
 use crate::config::NodeConfig;
-use crate::kv::KvStore;
+use crate::machine::StateMachine;
 use crate::raft::{HardState, InitialState};
 use crate::storage::SnapshotStore;
 use crate::storage::{Wal, WalOptions};
 use log::{info, warn};
 
-pub(super) struct Recovered {
+pub(super) struct Recovered<S> {
     pub wal: Wal,
     pub init: InitialState,
-    pub kv: KvStore,
+    /// The state machine as of `init.snapshot_index` (restored from that snapshot, or as given).
+    pub sm: S,
     pub store: SnapshotStore,
 }
 
-pub(super) fn recover(cfg: &NodeConfig) -> Result<Recovered, String> {
+/// `sm` is the state machine's initial (empty) state; it is restored from the newest snapshot if any.
+pub(super) fn recover<S: StateMachine>(
+    cfg: &NodeConfig,
+    mut sm: S,
+) -> Result<Recovered<S>, String> {
     let id = cfg.id;
     let store = SnapshotStore::open(&cfg.data_dir.join("snap"), cfg.snapshots_kept)
         .map_err(|e| format!("cannot open the snapshot directory: {e}"))?;
@@ -47,27 +52,17 @@ pub(super) fn recover(cfg: &NodeConfig) -> Result<Recovered, String> {
     let (mut wal, rec) = Wal::open(&cfg.data_dir.join("wal"), opts)
         .map_err(|e| format!("cannot open the WAL: {e}"))?;
     let mut snapshot_membership = None;
-    let (snap_index, snap_term, kv) = match &latest {
+    let (snap_index, snap_term) = match &latest {
         Some(meta) => {
-            let (kv, membership) = load_kv(&meta.path, cfg)?;
+            let membership = load_snapshot(&meta.path, meta.index, &mut sm)?;
             snapshot_membership = Some(membership);
-            if kv.applied() != meta.index {
-                return Err(format!(
-                    "snapshot {} holds a state applied to {}, not {}",
-                    meta.path.display(),
-                    kv.applied(),
-                    meta.index
-                ));
-            }
             info!(
-                "[n{id}] loaded the snapshot at {}/t{} ({} keys)",
-                meta.index,
-                meta.term,
-                kv.len()
+                "[n{id}] loaded the snapshot at {}/t{}",
+                meta.index, meta.term
             );
-            (meta.index, meta.term, kv)
+            (meta.index, meta.term)
         }
-        None => (0, 0, KvStore::new()),
+        None => (0, 0),
     };
     let first = rec.first_index;
     let last = first + rec.entries.len() as u64 - 1;
@@ -120,7 +115,7 @@ pub(super) fn recover(cfg: &NodeConfig) -> Result<Recovered, String> {
             applied: snap_index,
             snapshot_membership,
         },
-        kv,
+        sm,
         store,
     })
 }
