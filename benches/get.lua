@@ -2,6 +2,7 @@
 -- Usage: wrk ... -s benches/get.lua URL -- MODE NKEYS
 -- MODE: get           GET /get?key=K                    (nimbus, linearizable)
 --       get-relaxed   GET /get?key=K&relaxed=true       (nimbus, local, may be stale)
+--       get-stale     GET /get?key=K&consistency=stale  (nimbus, local, may be stale)
 --       kv            GET /v1/kv/K                      (nimbus, linearizable)
 --       kv-stale      GET /v1/kv/K?consistency=stale    (nimbus, local, may be stale)
 --       etcd          POST /v3/kv/range {"key": base64}  (etcd gateway, linearizable)
@@ -46,6 +47,8 @@ function init(args)
       r = wrk.format("GET", "/get?key=" .. key(k))
     elseif mode == "get-relaxed" then
       r = wrk.format("GET", "/get?key=" .. key(k) .. "&relaxed=true")
+    elseif mode == "get-stale" then
+      r = wrk.format("GET", "/get?key=" .. key(k) .. "&consistency=stale")
     elseif mode == "kv" then
       r = wrk.format("GET", "/v1/kv/" .. key(k))
     elseif mode == "kv-stale" then

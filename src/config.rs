@@ -4,12 +4,162 @@
 //! `--node N` is a 0-based index into that list and picks this node's id and Raft listen address. An address
 //! `:port` means all interfaces when listening and the local host when connecting; `host:port` means that
 //! host. Every malformed input is an error naming what is wrong; nothing here panics.
+//!
+//! The cluster token (the peers' shared secret) is never a flag value, which any user could read in the
+//! process list: it comes from a file (`--cluster-token-file`) or the environment (`NIMBUS_CLUSTER_TOKEN`),
+//! never both ([`load_cluster_token`]). The admin token follows the same conventions
+//! (`--admin-token-file` or `NIMBUS_ADMIN_TOKEN`, [`load_admin_token`]).
 
 use crate::raft::NodeId;
+use crate::transport::ClusterToken;
 use std::collections::BTreeMap;
+use std::ffi::OsString;
 use std::net::{SocketAddr, ToSocketAddrs};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
+
+/// The environment variable that may hold the cluster token.
+pub const CLUSTER_TOKEN_ENV: &str = "NIMBUS_CLUSTER_TOKEN";
+
+/// The cluster token from `file` (`--cluster-token-file`) or `env` (the value of [`CLUSTER_TOKEN_ENV`]),
+/// `None` when neither is given. Both given, an unreadable or oversized file, a variable set but empty or
+/// a token too short are errors. Surrounding whitespace (a final newline) is not part of the token. A
+/// file that group or others may read is accepted with a warning.
+pub fn load_cluster_token(
+    file: Option<&Path>,
+    env: Option<OsString>,
+) -> Result<Option<ClusterToken>, String> {
+    load_secret("--cluster-token-file", CLUSTER_TOKEN_ENV, file, env, |b| {
+        ClusterToken::new(b)
+    })
+}
+
+/// The environment variable that may hold the admin token.
+pub const ADMIN_TOKEN_ENV: &str = "NIMBUS_ADMIN_TOKEN";
+
+/// The admin token from `file` (`--admin-token-file`) or `env` (the value of [`ADMIN_TOKEN_ENV`]), with
+/// the conventions of [`load_cluster_token`].
+pub fn load_admin_token(
+    file: Option<&Path>,
+    env: Option<OsString>,
+) -> Result<Option<AdminToken>, String> {
+    load_secret(
+        "--admin-token-file",
+        ADMIN_TOKEN_ENV,
+        file,
+        env,
+        AdminToken::new,
+    )
+}
+
+/// A secret from a file or an environment variable, never both; `make` checks and wraps the bytes.
+fn load_secret<T>(
+    flag: &str,
+    var: &str,
+    file: Option<&Path>,
+    env: Option<OsString>,
+    make: impl Fn(&[u8]) -> Result<T, String>,
+) -> Result<Option<T>, String> {
+    const MAX_FILE: u64 = 8192;
+    match (file, env) {
+        (Some(_), Some(_)) => Err(format!(
+            "both {flag} and {var} are set; give the token one way"
+        )),
+        (None, None) => Ok(None),
+        (None, Some(v)) => make(&v.into_encoded_bytes())
+            .map(Some)
+            .map_err(|e| format!("{var}: {e}")),
+        (Some(path), None) => {
+            let shown = path.display();
+            let meta = std::fs::metadata(path).map_err(|e| format!("{flag} {shown}: {e}"))?;
+            if !meta.is_file() || meta.len() > MAX_FILE {
+                return Err(format!(
+                    "{flag} {shown}: not a regular file of at most {MAX_FILE} bytes"
+                ));
+            }
+            #[cfg(unix)]
+            {
+                use std::os::unix::fs::PermissionsExt;
+                if meta.permissions().mode() & 0o077 != 0 {
+                    log::warn!(
+                        "{flag} {shown} may be read by group or others (mode {:o}); chmod 600 it",
+                        meta.permissions().mode() & 0o777
+                    );
+                }
+            }
+            let bytes = std::fs::read(path).map_err(|e| format!("{flag} {shown}: {e}"))?;
+            make(&bytes)
+                .map(Some)
+                .map_err(|e| format!("{flag} {shown}: {e}"))
+        }
+    }
+}
+
+/// The bearer token the cluster administration routes require (`--admin-token-file`). Its `Debug`
+/// output never shows it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct AdminToken(String);
+
+impl AdminToken {
+    /// Shortest accepted token.
+    pub const MIN_LEN: usize = 16;
+    /// Longest accepted token.
+    pub const MAX_LEN: usize = 4096;
+
+    /// A token from its bytes, after trimming ASCII whitespace at both ends (a file's final newline). It
+    /// travels in an `Authorization` header, so it must be visible ASCII (no spaces or control bytes).
+    pub fn new(bytes: &[u8]) -> Result<AdminToken, String> {
+        let t = bytes.trim_ascii();
+        if t.len() < Self::MIN_LEN || t.len() > Self::MAX_LEN {
+            return Err(format!(
+                "the admin token must be {} to {} bytes (not counting surrounding whitespace), got {}",
+                Self::MIN_LEN,
+                Self::MAX_LEN,
+                t.len()
+            ));
+        }
+        if !t.iter().all(|b| b.is_ascii_graphic()) {
+            return Err(
+                "the admin token must be visible ASCII characters (it is sent in an HTTP header)"
+                    .into(),
+            );
+        }
+        Ok(AdminToken(String::from_utf8_lossy(t).into_owned()))
+    }
+
+    /// The `Authorization` header value that carries it.
+    pub fn header_value(&self) -> String {
+        format!("Bearer {}", self.0)
+    }
+
+    /// Whether an `Authorization` header value presents this token: `Bearer` (any case), then the token,
+    /// compared in constant time for a given length.
+    pub fn accepts(&self, authorization: &str) -> bool {
+        let v = authorization.trim();
+        let Some((scheme, presented)) = v.split_once(' ') else {
+            return false;
+        };
+        if !scheme.eq_ignore_ascii_case("bearer") {
+            return false;
+        }
+        constant_time_eq(presented.trim().as_bytes(), self.0.as_bytes())
+    }
+}
+
+impl std::fmt::Debug for AdminToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "AdminToken(<{} bytes, redacted>)", self.0.len())
+    }
+}
+
+/// Compares two byte strings without an early exit on the first difference (the length is not secret).
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    let diff = a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y));
+    std::hint::black_box(diff) == 0
+}
 
 /// One member of the cluster as given on the command line.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -120,12 +270,28 @@ pub struct NodeConfig {
     pub data_dir: PathBuf,
     /// Names the cluster in the peer handshake so two clusters on one host never talk to each other.
     pub cluster_name: String,
+    /// The peers' shared secret; `None`: peer connections are not authenticated.
+    pub cluster_token: Option<ClusterToken>,
+    /// The bearer token the mutating `/v1/cluster` routes require (and `--join` sends); `None`: they are
+    /// open to every HTTP client.
+    pub admin_token: Option<AdminToken>,
+    /// Client writes are refused (507) while the leader's data directory has less free space than this;
+    /// 0 turns the check off.
+    pub min_free_bytes: u64,
+    /// Whether clients reach tiny_http through the HTTP guard (the default) or directly.
+    pub http_guard: bool,
     pub tick: Duration,
     pub election_ticks: u32,
     pub heartbeat_ticks: u32,
     /// How long a client request may wait for commit/apply before it gets 504.
     pub request_timeout: Duration,
     pub http_threads: usize,
+    /// Client connections served at once (the HTTP guard answers one more with 503).
+    pub http_max_connections: usize,
+    /// Most bytes of header fields in one request head (431 beyond).
+    pub http_max_header_bytes: usize,
+    /// A request head must arrive within this of its first byte, a body progress at least this often.
+    pub http_read_timeout: Duration,
     /// Largest accepted key and value (bytes).
     pub max_key_bytes: usize,
     pub max_value_bytes: usize,
@@ -147,6 +313,12 @@ pub struct NodeConfig {
 }
 
 impl NodeConfig {
+    /// The longest URL the HTTP routes accept (the seed's `/set` carries the value, percent-encoded, in
+    /// the query): 8 KiB plus three times the value limit.
+    pub fn max_url_bytes(&self) -> usize {
+        8192 + self.max_value_bytes.saturating_mul(3)
+    }
+
     /// A configuration for node `id` among `members`, with defaults for everything else.
     pub fn new(
         id: NodeId,
@@ -160,11 +332,18 @@ impl NodeConfig {
             http_addr,
             data_dir,
             cluster_name: "nimbus".into(),
+            cluster_token: None,
+            admin_token: None,
+            min_free_bytes: 64 << 20,
+            http_guard: true,
             tick: Duration::from_millis(100),
             election_ticks: 10,
             heartbeat_ticks: 1,
             request_timeout: Duration::from_secs(5),
             http_threads: 64,
+            http_max_connections: 1024,
+            http_max_header_bytes: 16 << 10,
+            http_read_timeout: Duration::from_secs(10),
             max_key_bytes: 4096,
             max_value_bytes: 1 << 20,
             snapshot_entries: 10_000,
@@ -193,6 +372,15 @@ impl NodeConfig {
         }
         if self.http_threads == 0 || self.http_threads > 4096 {
             return Err("--http-threads must be between 1 and 4096".into());
+        }
+        if self.http_max_connections == 0 || self.http_max_connections > 65_536 {
+            return Err("--http-max-connections must be between 1 and 65536".into());
+        }
+        if self.http_max_header_bytes < 1024 || self.http_max_header_bytes > 1 << 20 {
+            return Err("--http-max-header-bytes must be between 1024 and 1048576".into());
+        }
+        if self.http_read_timeout.is_zero() {
+            return Err("--http-read-timeout-ms must be at least 1".into());
         }
         if self.request_timeout.is_zero() {
             return Err("--request-timeout-ms must be at least 1".into());

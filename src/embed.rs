@@ -216,6 +216,9 @@ pub enum Error {
     Timeout,
     /// The node stopped (shut down, or a storage failure stopped it): the outcome is unknown.
     Stopped(String),
+    /// The leader's data directory is below its free-space reserve (`min_free_bytes`): nothing was
+    /// applied; commands are taken again once space is freed.
+    InsufficientStorage(String),
     /// The node could not start (bad configuration, data directory, address in use, ...).
     Start(String),
     /// An error that should not happen; the message says what.
@@ -248,6 +251,7 @@ impl Error {
             ApiError::LeaderChanged => Error::LeaderChanged,
             ApiError::Timeout => Error::Timeout,
             ApiError::StorageFailure(m) => Error::Stopped(m),
+            ApiError::InsufficientStorage(m) => Error::InsufficientStorage(m),
             other => Error::Internal(other.message()),
         }
     }
@@ -271,6 +275,7 @@ impl fmt::Display for Error {
             }
             Error::Timeout => f.write_str("no answer in time; outcome unknown"),
             Error::Stopped(m) => write!(f, "the node stopped: {m}"),
+            Error::InsufficientStorage(m) => write!(f, "insufficient storage: {m}"),
             Error::Start(m) => write!(f, "cannot start the node: {m}"),
             Error::Internal(m) => write!(f, "internal error: {m}"),
         }

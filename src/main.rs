@@ -13,7 +13,10 @@
 //! an etcd with `--api etcd-v2`) and prints throughput, errors and latency quantiles (`--json`: one line).
 
 use clap::{Args, Parser, Subcommand};
-use hash_nimbus::config::{listen_addr, parse_cluster, NodeConfig};
+use hash_nimbus::config::{
+    listen_addr, load_admin_token, load_cluster_token, parse_cluster, NodeConfig, ADMIN_TOKEN_ENV,
+    CLUSTER_TOKEN_ENV,
+};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
@@ -158,6 +161,24 @@ struct NodeArgs {
     /// Name shared by all members; peers with another name are refused.
     #[arg(long, default_value = "nimbus")]
     cluster_name: String,
+    /// File holding the cluster token, the secret every member must share (peers prove they know it in
+    /// the handshake). Or set NIMBUS_CLUSTER_TOKEN. Without either, peers are not authenticated.
+    #[arg(long)]
+    cluster_token_file: Option<PathBuf>,
+    /// File holding the admin token: the mutating /v1/cluster routes (add, promote, remove, transfer)
+    /// then require "Authorization: Bearer TOKEN", and --join sends it. Or set NIMBUS_ADMIN_TOKEN.
+    /// Without either, those routes are open to every HTTP client.
+    #[arg(long)]
+    admin_token_file: Option<PathBuf>,
+    /// Free-space reserve of the data directory: while the leader's has less free space than this, it
+    /// refuses client writes with 507 (reads go on; writes resume by themselves once space is freed).
+    /// 0 turns the check off.
+    #[arg(long, default_value_t = 64 << 20)]
+    min_free_bytes: u64,
+    /// "on": clients reach tiny_http through the HTTP guard and its limits (--http-max-*); "off":
+    /// tiny_http listens on --http itself, with none of those limits (for measuring the guard's cost).
+    #[arg(long, default_value = "on", value_parser = ["on", "off"])]
+    http_guard: String,
     /// Length of one Raft tick in milliseconds.
     #[arg(long, default_value_t = 100)]
     tick_ms: u64,
@@ -173,6 +194,16 @@ struct NodeArgs {
     /// HTTP worker threads (each serves one request at a time).
     #[arg(long, default_value_t = 64)]
     http_threads: usize,
+    /// HTTP client connections served at once; one more is answered 503 and closed.
+    #[arg(long, default_value_t = 1024)]
+    http_max_connections: usize,
+    /// Most bytes of header fields in one HTTP request head (more is answered 431).
+    #[arg(long, default_value_t = 16 << 10)]
+    http_max_header_bytes: usize,
+    /// An HTTP request head must arrive within this many milliseconds of its first byte, and a body
+    /// must make progress at least this often (else 408).
+    #[arg(long, default_value_t = 10_000)]
+    http_read_timeout_ms: u64,
     /// Take a snapshot after this many applied entries...
     #[arg(long, default_value_t = 10_000)]
     snapshot_entries: u64,
@@ -227,11 +258,24 @@ fn build_config(mut cli: NodeArgs) -> Result<NodeConfig, String> {
         data_dir,
     );
     cfg.cluster_name = cli.cluster_name;
+    cfg.cluster_token = load_cluster_token(
+        cli.cluster_token_file.as_deref(),
+        std::env::var_os(CLUSTER_TOKEN_ENV),
+    )?;
+    cfg.admin_token = load_admin_token(
+        cli.admin_token_file.as_deref(),
+        std::env::var_os(ADMIN_TOKEN_ENV),
+    )?;
+    cfg.min_free_bytes = cli.min_free_bytes;
+    cfg.http_guard = cli.http_guard == "on";
     cfg.tick = Duration::from_millis(cli.tick_ms);
     cfg.election_ticks = cli.election_ticks;
     cfg.heartbeat_ticks = cli.heartbeat_ticks;
     cfg.request_timeout = Duration::from_millis(cli.request_timeout_ms);
     cfg.http_threads = cli.http_threads;
+    cfg.http_max_connections = cli.http_max_connections;
+    cfg.http_max_header_bytes = cli.http_max_header_bytes;
+    cfg.http_read_timeout = Duration::from_millis(cli.http_read_timeout_ms);
     cfg.snapshot_entries = cli.snapshot_entries;
     cfg.snapshot_bytes = cli.snapshot_bytes;
     cfg.snapshots_kept = cli.snapshots_kept;
@@ -387,6 +431,9 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    // Room for --http-max-connections: the soft open-file limit is often 1,024 while the hard one is far
+    // higher (the node lowers the cap, with a warning, if the limit stays too low).
+    let _ = hash_nimbus::server::http_guard::raise_fd_limit();
     match hash_nimbus::server::run(cfg) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

@@ -188,6 +188,7 @@ fn remote_error() -> impl Strategy<Value = RemoteError> {
         // Leader 0 is "none" on the wire: no node has id 0.
         prop::option::of(1..=u64::MAX).prop_map(|leader| RemoteError::NotLeader { leader }),
         Just(RemoteError::Busy),
+        Just(RemoteError::InsufficientStorage),
     ]
 }
 

@@ -19,7 +19,7 @@ mod common;
 use common::{poll, TestCluster};
 use hash_nimbus::raft::{Message, MessageBody, Rng};
 use hash_nimbus::transport::codec::encode_message;
-use hash_nimbus::transport::{WARN_BURST, WARN_WINDOW};
+use hash_nimbus::transport::{PROTOCOL_VERSION, WARN_BURST, WARN_WINDOW};
 use std::io::Write;
 use std::net::{SocketAddr, TcpStream};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -52,16 +52,28 @@ fn frame(payload: &[u8]) -> Vec<u8> {
     f
 }
 
-/// A handshake frame as the transport documents it.
-fn handshake(magic: &[u8], version: u16, cluster: &[u8], id: u64, http: &str, kind: u8) -> Vec<u8> {
+/// A hello frame as the transport documents it (`transport::handshake`): no token, so no nonce.
+#[allow(clippy::too_many_arguments)]
+fn handshake(
+    magic: &[u8],
+    version: u16,
+    cluster: &[u8],
+    id: u64,
+    to: u64,
+    http: &str,
+    kind: u8,
+) -> Vec<u8> {
     let mut p = magic.to_vec();
     p.extend_from_slice(&version.to_le_bytes());
     p.extend_from_slice(&(cluster.len() as u32).to_le_bytes());
     p.extend_from_slice(cluster);
     p.extend_from_slice(&id.to_le_bytes());
+    p.extend_from_slice(&to.to_le_bytes());
     p.extend_from_slice(&(http.len() as u32).to_le_bytes());
     p.extend_from_slice(http.as_bytes());
     p.push(kind);
+    p.push(0); // no authentication
+    p.extend_from_slice(&0u32.to_le_bytes()); // empty nonce
     frame(&p)
 }
 
@@ -84,7 +96,8 @@ struct Target {
 fn attack(rng: &mut Rng, t: Target) -> (&'static str, Vec<u8>) {
     // Spoofed handshakes announce an HTTP address nobody serves: it must not replace the real one.
     let bogus_http = "127.0.0.1:1";
-    let hello = |id: u64, kind: u8| handshake(b"NIMB", 2, b"nimbus", id, bogus_http, kind);
+    let v = PROTOCOL_VERSION;
+    let hello = |id: u64, kind: u8| handshake(b"NIMB", v, b"nimbus", id, t.id, bogus_http, kind);
     match rng.below(12) {
         0 => ("random bytes", random_bytes(rng, 300)),
         1 => {
@@ -117,7 +130,7 @@ fn attack(rng: &mut Rng, t: Target) -> (&'static str, Vec<u8>) {
             if cluster == b"nimbus" {
                 cluster.push(b'!');
             }
-            let mut b = handshake(b"NIMB", 2, &cluster, t.peer, bogus_http, 0);
+            let mut b = handshake(b"NIMB", v, &cluster, t.peer, t.id, bogus_http, 0);
             b.extend(frame(&random_bytes(rng, 50)));
             ("wrong cluster", b)
         }
@@ -165,11 +178,12 @@ fn attack(rng: &mut Rng, t: Target) -> (&'static str, Vec<u8>) {
         }
         9 => {
             let (magic, version): (&[u8], u16) = if rng.chance(1, 2) {
-                (b"HTTP", 2)
+                (b"HTTP", v)
             } else {
-                (b"NIMB", 3 + rng.below(100) as u16)
+                let other = rng.below(100) as u16;
+                (b"NIMB", if other == v { v + 100 } else { other })
             };
-            let mut b = handshake(magic, version, b"nimbus", t.peer, bogus_http, 0);
+            let mut b = handshake(magic, version, b"nimbus", t.peer, t.id, bogus_http, 0);
             b.extend(random_bytes(rng, 40));
             ("wrong magic or version", b)
         }
@@ -177,8 +191,9 @@ fn attack(rng: &mut Rng, t: Target) -> (&'static str, Vec<u8>) {
             // An unknown connection kind, or a byte string longer than the frame.
             let mut b = hello(t.peer, 2 + rng.below(254) as u8);
             if rng.chance(1, 2) {
-                // The top byte of the HTTP address' length, just before the address and the kind.
-                let at = b.len() - 1 - bogus_http.len() - 1;
+                // The top byte of the HTTP address' length, just before the address, the kind, the
+                // auth byte and the nonce's length.
+                let at = b.len() - 6 - bogus_http.len() - 1;
                 b[at] = 0xff;
             }
             ("bad handshake field", b)

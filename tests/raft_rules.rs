@@ -386,6 +386,52 @@ fn forwarded_proposals() {
     }
 }
 
+/// The free-space reserve (the driver's `--min-free-bytes`): a leader with writes paused refuses new
+/// commands, its own and those forwarded by followers, before appending anything; a follower with writes
+/// paused still appends and applies what its leader sends; resumed, the leader takes commands again.
+#[test]
+fn paused_writes_are_refused_by_the_leader_only() {
+    let mut sim = scripted(3, |_| {});
+    elect(&mut sim, 1);
+    raft_mut(&mut sim, 2).set_writes_paused(true);
+    let w = sim.propose(3, b"follower 2 is low, not the leader".to_vec());
+    sim.stabilize();
+    assert!(
+        matches!(sim.outcomes[&w], Outcome::Written(..)),
+        "{:?}",
+        sim.outcomes[&w]
+    );
+    assert!(sim.nodes[&2]
+        .applied
+        .iter()
+        .any(|(_, _, c)| c == b"follower 2 is low, not the leader"));
+    raft_mut(&mut sim, 2).set_writes_paused(false);
+
+    raft_mut(&mut sim, 1).set_writes_paused(true);
+    let last = sim.raft(1).log().last_index();
+    let local = sim.propose(1, b"local".to_vec());
+    let forwarded = sim.propose(2, b"forwarded".to_vec());
+    sim.stabilize();
+    for r in [local, forwarded] {
+        assert_eq!(
+            sim.outcomes[&r],
+            Outcome::Failed(RequestError::InsufficientStorage)
+        );
+    }
+    assert_eq!(sim.raft(1).log().last_index(), last, "nothing appended");
+    assert!(sim.raft(1).is_leader(), "heartbeats went on");
+
+    raft_mut(&mut sim, 1).set_writes_paused(false);
+    let w = sim.propose(2, b"resumed".to_vec());
+    sim.stabilize();
+    assert!(
+        matches!(sim.outcomes[&w], Outcome::Written(..)),
+        "{:?}",
+        sim.outcomes[&w]
+    );
+    sim.check_converged().unwrap();
+}
+
 /// Persistent state survives crashes: term, vote and log; committed entries are applied again on restart.
 #[test]
 fn restart_keeps_term_vote_and_log() {

@@ -423,6 +423,7 @@ fn remote_err(e: &RemoteError) -> String {
         RemoteError::NotLeader { leader: None } => "NotLeader (leader unknown)".into(),
         RemoteError::NotLeader { leader: Some(l) } => format!("NotLeader (leader n{l})"),
         RemoteError::Busy => "Busy".into(),
+        RemoteError::InsufficientStorage => "InsufficientStorage".into(),
     }
 }
 
@@ -433,6 +434,7 @@ fn request_err(e: &RequestError) -> String {
         RequestError::LeaderChanged => "LeaderChanged".into(),
         RequestError::Busy => "Busy".into(),
         RequestError::Refused(why) => format!("Refused ({why})"),
+        RequestError::InsufficientStorage => "InsufficientStorage".into(),
     }
 }
 

@@ -122,20 +122,31 @@ fn a_dead_peer_never_blocks_and_traffic_resumes_when_it_starts() {
     assert!(t0.elapsed() < Duration::from_secs(5), "shutdown is prompt");
 }
 
-/// Connects raw, sends `bytes`, and expects the transport to close the connection.
+/// Connects raw, sends `bytes`, and expects the transport to close the connection, after answering
+/// nothing or (to a well-formed hello) only its handshake answer.
 fn expect_closed(port: u16, bytes: &[u8]) {
     let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
     let _ = s.write_all(bytes);
-    let mut buf = [0u8; 16];
-    match s.read(&mut buf) {
-        Ok(0) => {}
-        Ok(n) => panic!("transport answered {n} bytes"),
-        Err(e) => assert!(
-            e.kind() == std::io::ErrorKind::ConnectionReset,
-            "expected a close, got {e}"
-        ),
+    let mut got = Vec::new();
+    let mut buf = [0u8; 256];
+    loop {
+        match s.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => got.extend_from_slice(&buf[..n]),
+            Err(e) => {
+                assert!(
+                    e.kind() == std::io::ErrorKind::ConnectionReset,
+                    "expected a close, got {e}"
+                );
+                break;
+            }
+        }
     }
+    assert!(
+        got.is_empty() || (got.len() < 64 && &got[4..8] == b"NIMB"),
+        "transport answered {got:?}"
+    );
 }
 
 fn frame(payload: &[u8]) -> Vec<u8> {
@@ -144,15 +155,20 @@ fn frame(payload: &[u8]) -> Vec<u8> {
     f
 }
 
+/// A hello (no token) from `id` to node 1, for a message connection.
 fn handshake(cluster: &str, id: u64) -> Vec<u8> {
-    let mut p = b"NIMB".to_vec();
-    p.extend_from_slice(&2u16.to_le_bytes());
-    p.extend_from_slice(&(cluster.len() as u32).to_le_bytes());
-    p.extend_from_slice(cluster.as_bytes());
-    p.extend_from_slice(&id.to_le_bytes());
-    p.extend_from_slice(&0u32.to_le_bytes()); // no HTTP address
-    p.push(0); // a message connection
-    frame(&p)
+    frame(
+        &hash_nimbus::transport::handshake::Hello {
+            cluster: cluster.as_bytes().to_vec(),
+            from: id,
+            to: 1,
+            http: Vec::new(),
+            kind: 0,
+            auth: false,
+            nonce: Vec::new(),
+        }
+        .encode(),
+    )
 }
 
 #[test]
@@ -166,6 +182,9 @@ fn hostile_connections_are_closed_and_others_keep_working() {
     expect_closed(port, &handshake("test", 9)); // not a peer
     expect_closed(port, &handshake("test", 1)); // claims to be the receiver itself
     expect_closed(port, &u32::MAX.to_le_bytes()); // oversized frame
+    let mut wrong_receiver = handshake("test", 2);
+    wrong_receiver[4 + 4 + 2 + 4 + 4 + 8] = 3; // addressed to node 3
+    expect_closed(port, &wrong_receiver);
     let mut bad = handshake("test", 2);
     bad.extend(frame(&[0xFF; 40])); // garbage message
     expect_closed(port, &bad);
@@ -184,15 +203,18 @@ fn hostile_connections_are_closed_and_others_keep_working() {
 }
 
 fn handshake_announcing(cluster: &str, id: u64, http: &str) -> Vec<u8> {
-    let mut p = b"NIMB".to_vec();
-    p.extend_from_slice(&2u16.to_le_bytes());
-    p.extend_from_slice(&(cluster.len() as u32).to_le_bytes());
-    p.extend_from_slice(cluster.as_bytes());
-    p.extend_from_slice(&id.to_le_bytes());
-    p.extend_from_slice(&(http.len() as u32).to_le_bytes());
-    p.extend_from_slice(http.as_bytes());
-    p.push(0);
-    frame(&p)
+    frame(
+        &hash_nimbus::transport::handshake::Hello {
+            cluster: cluster.as_bytes().to_vec(),
+            from: id,
+            to: 1,
+            http: http.as_bytes().to_vec(),
+            kind: 0,
+            auth: false,
+            nonce: Vec::new(),
+        }
+        .encode(),
+    )
 }
 
 /// A handshake alone does not set a peer's HTTP address (the one followers show for the leader): only a

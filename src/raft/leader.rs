@@ -169,6 +169,9 @@ impl Raft {
         if self.transferring_to().is_some() {
             return Err(RequestError::Busy); // thesis §3.10: no new entries while handing over
         }
+        if self.writes_paused() {
+            return Err(RequestError::InsufficientStorage);
+        }
         let first = self.log.last_index() + 1;
         let term = self.term;
         let entries = commands

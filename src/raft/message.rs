@@ -121,6 +121,8 @@ pub enum RemoteError {
     NotLeader { leader: Option<NodeId> },
     /// The receiver is leader but refuses for now (e.g. too many pending reads).
     Busy,
+    /// The receiver is leader but refuses new commands while its storage is short of space.
+    InsufficientStorage,
 }
 
 /// The body of a [`Message`].

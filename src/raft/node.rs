@@ -134,6 +134,9 @@ pub enum RequestError {
     /// A membership change or leadership transfer that cannot be made (the reason says why); nothing was
     /// appended.
     Refused(String),
+    /// The leader refuses new commands while its storage is short of space ([`Raft::set_writes_paused`]);
+    /// nothing was appended.
+    InsufficientStorage,
 }
 
 impl From<RemoteError> for RequestError {
@@ -141,6 +144,7 @@ impl From<RemoteError> for RequestError {
         match e {
             RemoteError::NotLeader { leader } => RequestError::NotLeader { leader },
             RemoteError::Busy => RequestError::Busy,
+            RemoteError::InsufficientStorage => RequestError::InsufficientStorage,
         }
     }
 }
@@ -253,6 +257,9 @@ pub struct Raft {
     pub(super) reads: Vec<ReadState>,
     /// Follower side: requests forwarded to the leader and not yet answered.
     forwarded_proposals: BTreeSet<u64>,
+    /// While set, a leader refuses new commands (local and forwarded) with
+    /// [`RequestError::InsufficientStorage`]; replication, elections and configuration changes go on.
+    writes_paused: bool,
     forwarded_reads: BTreeSet<u64>,
     last_hard_state: HardState,
     handed: Option<Handed>,
@@ -310,6 +317,7 @@ impl Raft {
             proposed: Vec::new(),
             reads: Vec::new(),
             forwarded_proposals: BTreeSet::new(),
+            writes_paused: false,
             forwarded_reads: BTreeSet::new(),
             last_hard_state: HardState {
                 term: hs.term,
@@ -361,6 +369,17 @@ impl Raft {
             RoleState::Leader(_) => Role::Leader,
         }
     }
+    /// Pauses or resumes new commands on this node while it leads (the driver's free-space reserve on the
+    /// data directory, like etcd's NOSPACE alarm). Only proposals of commands are refused: appends from a
+    /// leader, votes, heartbeats, reads and configuration changes are not affected.
+    pub fn set_writes_paused(&mut self, paused: bool) {
+        self.writes_paused = paused;
+    }
+
+    pub fn writes_paused(&self) -> bool {
+        self.writes_paused
+    }
+
     pub fn is_leader(&self) -> bool {
         matches!(self.role, RoleState::Leader(_))
     }
@@ -914,6 +933,7 @@ impl Raft {
                 let result = if self.is_leader() {
                     self.leader_append(commands).map_err(|e| match e {
                         RequestError::Busy => RemoteError::Busy,
+                        RequestError::InsufficientStorage => RemoteError::InsufficientStorage,
                         _ => RemoteError::NotLeader {
                             leader: self.leader,
                         },

@@ -7,7 +7,10 @@
 //! - `POST /v1/cluster/members/{id}/promote`, `DELETE /v1/cluster/members/{id}`.
 //! - `POST /v1/cluster/leader` with `{"id": N}`: leadership transfer.
 //!
-//! Rules: changes go to the leader; a follower forwards the request once to the leader's HTTP address
+//! Rules: with an admin token (`--admin-token-file` / `NIMBUS_ADMIN_TOKEN`) every route but `GET` needs
+//! `Authorization: Bearer <token>` (compared in constant time), else `401 unauthorized` before the body is
+//! read; a forwarded request carries the client's `Authorization` header and the leader checks it again.
+//! Changes go to the leader; a follower forwards the request once to the leader's HTTP address
 //! (marked with `X-Nimbus-Forwarded`, so a request is never forwarded twice) and relays its answer. A change
 //! is answered once its configuration entry is applied. Bodies are capped at 64 KiB; ids must be positive;
 //! addresses are checked like `--cluster`'s.
@@ -48,6 +51,9 @@ pub(super) fn handle(
     cfg: &NodeConfig,
 ) -> Result<HttpResponse, ApiError> {
     let method = req.method().clone();
+    if method != Method::Get && method != Method::Head {
+        authorize(req, cfg)?;
+    }
     let rest = path.strip_prefix("/v1/cluster").unwrap_or("");
     let segments: Vec<&str> = rest.split('/').filter(|s| !s.is_empty()).collect();
     match (segments.as_slice(), &method) {
@@ -139,6 +145,31 @@ pub(super) fn handle(
     }
 }
 
+/// With an admin token configured, the request must present it (`Authorization: Bearer <token>`).
+fn authorize(req: &Request, cfg: &NodeConfig) -> Result<(), ApiError> {
+    let Some(token) = &cfg.admin_token else {
+        return Ok(());
+    };
+    let presented = req
+        .headers()
+        .iter()
+        .find(|h| h.field.equiv("Authorization"))
+        .map(|h| h.value.as_str());
+    match presented {
+        Some(v) if token.accepts(v) => Ok(()),
+        Some(_) => Err(ApiError::Unauthorized(
+            "wrong admin token: this route needs \"Authorization: Bearer <token>\" with the token of \
+             --admin-token-file / NIMBUS_ADMIN_TOKEN; nothing changed"
+                .into(),
+        )),
+        None => Err(ApiError::Unauthorized(
+            "this route needs the admin token: send \"Authorization: Bearer <token>\" (the token of \
+             --admin-token-file / NIMBUS_ADMIN_TOKEN); nothing changed"
+                .into(),
+        )),
+    }
+}
+
 fn change(
     req: &Request,
     body: &[u8],
@@ -181,8 +212,18 @@ fn forward_or(req: &Request, body: &[u8], e: ApiError) -> Result<HttpResponse, A
     };
     let mut client = HttpClient::new(addr, Duration::from_secs(10));
     let method = req.method().to_string();
+    // The client's credentials go along: the leader checks the admin token itself.
+    let auth = req
+        .headers()
+        .iter()
+        .find(|h| h.field.equiv("Authorization"))
+        .map(|h| h.value.to_string());
+    let mut headers = vec![(FORWARDED, "1")];
+    if let Some(a) = &auth {
+        headers.push(("Authorization", a.as_str()));
+    }
     let r = client
-        .request(&method, req.url(), &[(FORWARDED, "1")], body)
+        .request(&method, req.url(), &headers, body)
         .map_err(|io| ApiError::Internal(format!("forwarding to the leader at {addr}: {io}")))?;
     let ct = r.header("content-type").map(str::to_string);
     let mut resp = Response::from_data(r.body).with_status_code(r.status);

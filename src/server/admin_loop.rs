@@ -20,7 +20,8 @@ use crossbeam_channel::Sender;
 use log::info;
 use std::time::Instant;
 
-/// How far behind the commit index a learner may be and still be promoted automatically.
+/// How far behind the commit index a learner may be and still be promoted automatically (it must also
+/// have acknowledged at least one entry).
 pub(super) const LEARNER_MAX_LAG: u64 = 1000;
 
 impl<S: StateMachine, R: Into<Request<S>>> RaftLoop<S, R> {
@@ -106,7 +107,9 @@ impl<S: StateMachine, R: Into<Request<S>>> RaftLoop<S, R> {
         self.auto_promote.retain(|id| learners.contains(id));
         let commit = self.raft.log().committed();
         let ready = self.raft.progress().into_iter().find(|(id, matched, ..)| {
-            self.auto_promote.contains(id) && matched + LEARNER_MAX_LAG >= commit
+            // `matched > 0`: a learner that never acknowledged an entry (unreachable, or refused by
+            // the handshake: another cluster token) is not caught up, however short the log is.
+            self.auto_promote.contains(id) && *matched > 0 && matched + LEARNER_MAX_LAG >= commit
         });
         if let Some((learner, ..)) = ready {
             self.auto_promote.remove(&learner);

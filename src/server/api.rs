@@ -132,10 +132,13 @@ pub enum ApiError {
     Busy,
     /// No answer in time: outcome unknown.
     Timeout,
-    /// The request head has too many or too large header fields.
-    HeadersTooLarge(String),
     /// This node hit a storage failure (a failed write or fsync, a full disk) and stopped: outcome unknown.
     StorageFailure(String),
+    /// The leader's data directory is below its free-space reserve (`--min-free-bytes`); nothing was
+    /// applied.
+    InsufficientStorage(String),
+    /// An admin route without the right bearer token (`--admin-token-file`); nothing changed.
+    Unauthorized(String),
     Internal(String),
 }
 
@@ -155,8 +158,9 @@ impl ApiError {
             ApiError::LeaderChanged => (503, "leader_changed"),
             ApiError::Busy => (503, "busy"),
             ApiError::Timeout => (504, "timeout"),
-            ApiError::HeadersTooLarge(_) => (431, "headers_too_large"),
             ApiError::StorageFailure(_) => (500, "storage_failure"),
+            ApiError::InsufficientStorage(_) => (507, "insufficient_storage"),
+            ApiError::Unauthorized(_) => (401, "unauthorized"),
             ApiError::Internal(_) => (500, "internal"),
         }
     }
@@ -176,8 +180,9 @@ impl ApiError {
             | ApiError::TooLarge(m)
             | ApiError::NotFound(m)
             | ApiError::Conflict(m)
-            | ApiError::HeadersTooLarge(m)
             | ApiError::StorageFailure(m)
+            | ApiError::InsufficientStorage(m)
+            | ApiError::Unauthorized(m)
             | ApiError::Internal(m) => m.clone(),
             ApiError::NoLeader => {
                 "no leader is known right now; nothing was applied, retry shortly".into()

@@ -18,7 +18,8 @@
 //! waits at most the request timeout plus a margin.
 //!
 //! Limits: keys 1..=`max_key_bytes` (default 4 KiB), values up to `max_value_bytes` (default 1 MiB), URLs up
-//! to 8 KiB plus the value size; anything larger is refused with 413 before it reaches the log.
+//! to 8 KiB plus three times the value size; anything larger is refused with 413 before it reaches the log.
+//! Connections, request heads, bodies and their timing are bounded earlier, by [`super::http_guard`].
 
 use super::api::{ApiError, ClientRequest, Consistency, ReadOk, ReadQuery, WriteOk};
 use super::metrics::{Metrics, Route};
@@ -68,7 +69,7 @@ fn handle(
 ) -> HttpResponse {
     let url = req.url().to_string();
     let url = url.as_str();
-    let max_url = 8192 + cfg.max_value_bytes * 3;
+    let max_url = cfg.max_url_bytes();
     if url.len() > max_url {
         return error_response(&ApiError::TooLarge(format!(
             "URL of {} bytes exceeds the limit of {max_url}",
@@ -393,6 +394,9 @@ pub(super) fn error_response(e: &ApiError) -> HttpResponse {
     let mut r = json_response(status, &e.to_json());
     if status == 503 {
         r = r.with_header(header("Retry-After", "1"));
+    }
+    if status == 401 {
+        r = r.with_header(header("WWW-Authenticate", "Bearer realm=\"nimbus-admin\""));
     }
     r
 }

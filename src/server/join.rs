@@ -7,10 +7,13 @@
 //! - After starting (so the leader can reach it), it asks `POST /v1/cluster/members` with
 //!   `auto_promote: true`, retrying while the cluster is busy or electing (at most a minute); a node
 //!   already a member (a restart) is fine. The leader promotes it once it has caught up.
+//! - With an admin token (`--admin-token-file` / `NIMBUS_ADMIN_TOKEN`) the add request carries it as
+//!   `Authorization: Bearer`; a 401 ends the join with an error naming the flag. Discovery is a read and
+//!   needs no token.
 //! - On restart the membership comes from the node's own log and snapshot; the URL only supplies
 //!   addresses to bootstrap the connection.
 
-use crate::config::connect_addr;
+use crate::config::{connect_addr, AdminToken};
 use crate::http_client::HttpClient;
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
@@ -79,8 +82,15 @@ pub fn discover(
     Ok((spec.join(";"), index, voters))
 }
 
-/// Asks the cluster at `url` to add this node as a learner promoted once caught up (see the module docs).
-pub fn request_add(url: &str, id: u64, raft: &str, http: SocketAddr) -> Result<(), String> {
+/// Asks the cluster at `url` to add this node as a learner promoted once caught up (see the module docs),
+/// presenting `admin` (this node's own `--admin-token-file`) as a bearer token when set.
+pub fn request_add(
+    url: &str,
+    id: u64,
+    raft: &str,
+    http: SocketAddr,
+    admin: Option<&AdminToken>,
+) -> Result<(), String> {
     let addr = addr_of(url)?;
     let http = if http.ip().is_unspecified() {
         SocketAddr::from(([127, 0, 0, 1], http.port()))
@@ -92,12 +102,25 @@ pub fn request_add(url: &str, id: u64, raft: &str, http: SocketAddr) -> Result<(
     })
     .to_string();
     let deadline = Instant::now() + Duration::from_secs(60);
+    let auth = admin.map(AdminToken::header_value);
+    let headers: Vec<(&str, &str)> = auth
+        .as_deref()
+        .map(|v| ("Authorization", v))
+        .into_iter()
+        .collect();
     loop {
         let mut c = HttpClient::new(addr, Duration::from_secs(15));
-        let r = c.request("POST", "/v1/cluster/members", &[], body.as_bytes());
+        let r = c.request("POST", "/v1/cluster/members", &headers, body.as_bytes());
         match r {
             Ok(r) if r.status == 200 => return Ok(()),
             Ok(r) if r.status == 409 && r.text().contains("already a member") => return Ok(()),
+            Ok(r) if r.status == 401 => {
+                return Err(format!(
+                    "the cluster refused to add node {id}: {} (give this node the cluster's admin \
+                     token: --admin-token-file or NIMBUS_ADMIN_TOKEN)",
+                    r.text()
+                ))
+            }
             Ok(r) if r.status == 400 || r.status == 404 => {
                 return Err(format!(
                     "the cluster refused to add node {id}: {}",

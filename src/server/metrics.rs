@@ -179,7 +179,7 @@ fn method_index(m: &Method) -> usize {
 
 /// The status codes this node answers with; their counters are cached. Others still count, through the
 /// family's map (a lock, on a path no request of ours takes).
-const STATUSES: [u16; 9] = [200, 400, 404, 405, 412, 413, 500, 503, 504];
+const STATUSES: [u16; 11] = [200, 400, 401, 404, 405, 412, 413, 500, 503, 504, 507];
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
 struct RequestLabels {
@@ -336,6 +336,13 @@ pub struct Metrics {
     has_leader: Gauge,
 
     wal_disk_bytes: Gauge,
+    /// Free bytes on the data directory's file system for this process, as last measured by the Raft
+    /// thread (at most every 100 ms).
+    pub(super) storage_free_bytes: Gauge,
+    /// 1 while the free space is below `--min-free-bytes` (a leader then refuses writes), else 0.
+    pub(super) storage_low_space: Gauge,
+    /// Client writes this node refused because the leader was below its free-space reserve.
+    pub(super) writes_refused_low_space: Counter,
     wal_dir: PathBuf,
     /// When the WAL directory was last measured (scrape path only).
     disk_measured: Mutex<Option<Instant>>,
@@ -487,6 +494,24 @@ impl Metrics {
                 "wal_disk_bytes",
                 "Total length of the files in the WAL directory, measured at most once per second when \
                  scraped",
+            ),
+            storage_free_bytes: gauge(
+                &mut r,
+                "storage_free_bytes",
+                "Bytes available to this process on the data directory's file system (statvfs f_bavail x \
+                 f_frsize), measured by the Raft thread at most every 100 ms; -1 if not measured",
+            ),
+            storage_low_space: gauge(
+                &mut r,
+                "storage_low_space",
+                "1 while the data directory's free space is below --min-free-bytes (as leader, this node \
+                 then refuses new writes with 507), else 0",
+            ),
+            writes_refused_low_space: counter(
+                &mut r,
+                "storage_writes_refused",
+                "Client writes answered 507 insufficient_storage by this node because the leader's data \
+                 directory was below its free-space reserve",
             ),
             registry: r,
             wal_dir,

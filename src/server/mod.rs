@@ -1,7 +1,7 @@
 //! The node runtime: opens storage, starts the transport, the Raft thread and the HTTP workers.
 //!
 //! ```text
-//!  curl ─HTTP─> tiny_http workers ─(request, reply channel)─> Raft thread <─ peer reader threads <─TCP─ peers
+//!  curl ─HTTP─> guard ─Unix socket─> tiny_http workers ─(request, reply channel)─> Raft thread <─ peer readers <─TCP─ peers
 //!                                                              │ select! over ticker, peers, clients, shutdown
 //!                                                              │ persist (one fsync per batch), send, apply,
 //!                                                              │ answer clients
@@ -18,11 +18,21 @@
 //! `prepare` and `Prepared::spawn`, generic over the [`StateMachine`]: the key-value [`Node`] runs it
 //! with the `KvMachine` and its HTTP workers, an [`crate::embed::Node`] with the embedder's state machine
 //! and no HTTP.
+//!
+//! Rules kept here:
+//! - The data directory lock ([`DataDirLock`]) is taken before anything in the directory is read, and
+//!   held until the node is dropped.
+//! - Clients reach tiny_http only through the guard ([`http_guard`]), which enforces the HTTP limits;
+//!   tiny_http itself listens on a Unix socket, `<data-dir>/http-<pid>-<n>.sock`.
+//! - A fatal error of the Raft thread (a storage failure) is logged as one `FATAL` line naming the cause
+//!   and what to do; the requests it held were already answered `storage_failure`; the HTTP workers get
+//!   [`FATAL_GRACE`] to send those answers, then [`Node::wait`] returns the error (the binary exits 1).
 
 mod admin;
 pub mod api;
 pub mod cluster;
 pub mod http;
+pub mod http_guard;
 pub mod join;
 mod kv_machine;
 pub mod metrics;
@@ -30,6 +40,7 @@ mod raft_loop;
 mod recovery;
 pub(crate) mod request;
 mod rest;
+pub mod space;
 
 use crate::config::{connect_addr, listen_addr, NodeConfig};
 use crate::machine::StateMachine;
@@ -38,7 +49,7 @@ use crate::storage::{DataDirLock, Wal};
 use crate::transport::{Transport, TransportConfig};
 use api::ClientRequest;
 use crossbeam_channel::{Receiver, Sender};
-use log::{error, info};
+use log::{error, info, warn};
 use request::Request;
 use std::fmt;
 use std::net::SocketAddr;
@@ -69,6 +80,8 @@ pub struct Node {
     raft_addr: SocketAddr,
     shutdown_tx: Sender<()>,
     http: Arc<tiny_http::Server>,
+    /// `None` with `--http-guard off`.
+    guard: Option<http_guard::Guard>,
     raft_thread: Option<JoinHandle<Result<(), String>>>,
     workers: Vec<JoinHandle<()>>,
     clients: Sender<ClientRequest>,
@@ -85,12 +98,23 @@ impl Node {
         let prepared = prepare(cfg, sm, Some(http_addr))?;
         let raft_addr = prepared.raft_addr;
 
-        let http = tiny_http::Server::http(http_addr)
-            .map_err(|e| ServerError(format!("cannot listen for HTTP on {http_addr}: {e}")))?;
-        let http_addr = http
-            .server_addr()
-            .to_ip()
-            .ok_or_else(|| ServerError("HTTP server has no IP address".into()))?;
+        let (http, guard, http_addr) = if prepared.cfg.http_guard {
+            let (http, guard) = guarded_http_server(id, &prepared.cfg)?;
+            let addr = guard.local_addr();
+            (http, Some(guard), addr)
+        } else {
+            warn!(
+                "[n{id}] --http-guard off: tiny_http listens on {} itself, without the HTTP limits",
+                http_addr
+            );
+            let http = tiny_http::Server::http(http_addr)
+                .map_err(|e| ServerError(format!("cannot listen for HTTP on {http_addr}: {e}")))?;
+            let addr = http
+                .server_addr()
+                .to_ip()
+                .ok_or_else(|| ServerError("HTTP server has no IP address".into()))?;
+            (http, None, addr)
+        };
         let http = Arc::new(http);
 
         let metrics = Arc::new(metrics::Metrics::new(prepared.cfg.data_dir.join("wal")));
@@ -124,6 +148,7 @@ impl Node {
             raft_addr,
             shutdown_tx: running.shutdown_tx,
             http,
+            guard,
             raft_thread: Some(running.raft_thread),
             workers,
             clients: client_tx,
@@ -182,6 +207,9 @@ impl Node {
     }
 
     fn stop_http(&mut self) {
+        if let Some(g) = &mut self.guard {
+            g.stop();
+        }
         for _ in 0..self.workers.len() {
             self.http.unblock();
         }
@@ -189,6 +217,89 @@ impl Node {
             let _ = w.join();
         }
     }
+}
+
+/// tiny_http on a private Unix socket, and the guard listening on the HTTP address in front of it,
+/// forwarding what passes its limits (see `http_guard`).
+fn guarded_http_server(
+    id: u64,
+    cfg: &NodeConfig,
+) -> Result<(tiny_http::Server, http_guard::Guard), ServerError> {
+    let (http, backend) = private_http_server(id, &cfg.data_dir).map_err(ServerError)?;
+    let fds = http_guard::fd_limit();
+    let max_connections = http_guard::connection_cap(cfg.http_max_connections, fds);
+    if max_connections < cfg.http_max_connections {
+        warn!(
+            "[n{id}] --http-max-connections {} lowered to {max_connections}: the open-file limit is {} \
+             and each HTTP connection holds up to {} descriptors (raise ulimit -n)",
+            cfg.http_max_connections,
+            fds.unwrap_or(0),
+            http_guard::FDS_PER_CONNECTION
+        );
+    }
+    let guard = http_guard::Guard::start(
+        cfg.http_addr,
+        backend,
+        http_guard::GuardConfig {
+            max_connections,
+            // The URL limit of the routes, plus room for the method and the version.
+            max_line: cfg.max_url_bytes() + 1024,
+            max_header_bytes: cfg.http_max_header_bytes,
+            max_body: cfg.max_value_bytes as u64,
+            read_timeout: cfg.http_read_timeout,
+        },
+    )
+    .map_err(ServerError)?;
+    Ok((http, guard))
+}
+
+/// A tiny_http server on a Unix socket for the HTTP guard to forward to: `<data-dir>/http-<pid>-<n>.sock`,
+/// or, when that path is too long for a socket address, the same name with the node id in the temporary
+/// directory. Sockets of earlier processes left in the data directory (kill -9) are removed first, which
+/// the data directory lock makes safe. Names are unique per server because tiny_http removes its file
+/// when the server is dropped, which may come late (after a fatal error) and must not remove a newer
+/// server's. (Not the abstract namespace: tiny_http's `Drop` panics on an address without a path.) The
+/// file is created with the process umask, so with the usual 022 only this user may connect to it.
+fn private_http_server(
+    id: u64,
+    data_dir: &std::path::Path,
+) -> Result<(tiny_http::Server, std::os::unix::net::SocketAddr), String> {
+    use std::os::unix::net::{SocketAddr as UnixAddr, UnixListener};
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    if let Ok(entries) = std::fs::read_dir(data_dir) {
+        for e in entries.flatten() {
+            let name = e.file_name();
+            let name = name.to_string_lossy();
+            if name.starts_with("http-") && name.ends_with(".sock") {
+                let _ = std::fs::remove_file(e.path());
+            }
+        }
+    }
+    let name = format!(
+        "http-{}-{}.sock",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    );
+    let mut path = data_dir.join(&name);
+    if UnixAddr::from_pathname(&path).is_err() {
+        path = std::env::temp_dir().join(format!("nimbus-{id}-{name}"));
+    }
+    let listener = UnixListener::bind(&path).map_err(|e| {
+        format!(
+            "cannot bind the internal HTTP socket {}: {e}",
+            path.display()
+        )
+    })?;
+    let addr = listener.local_addr().map_err(|e| {
+        format!(
+            "cannot bind the internal HTTP socket {}: {e}",
+            path.display()
+        )
+    })?;
+    let server = tiny_http::Server::from_listener(listener, None)
+        .map_err(|e| format!("cannot start the HTTP server: {e}"))?;
+    Ok((server, addr))
 }
 
 /// A node's Raft side, ready to run: data directory locked, storage recovered, core built, transport
@@ -269,6 +380,7 @@ pub(crate) fn prepare<S: StateMachine>(
     tcfg.connect_timeout = cfg.tick * cfg.election_ticks;
     tcfg.advertise_http = advertise_http;
     tcfg.snapshot_dir = Some(snap_dir);
+    tcfg.token = cfg.cluster_token.clone();
     let transport = Transport::start(tcfg, peer_tx).map_err(|e| {
         ServerError(format!(
             "cannot start the peer transport on {raft_listen}: {e}"
@@ -341,10 +453,10 @@ pub const FATAL_GRACE: std::time::Duration = std::time::Duration::from_secs(2);
 /// The one log line (and exit message) for a fatal error of the Raft thread.
 fn fatal_message(id: u64, e: &str) -> String {
     let hint = if e.contains("os error 28") || e.contains("No space left") {
-        "the data directory's file system is full: free space, then restart this node (the WAL cuts off \
-         a torn last record on open)"
+        "No space is left for the data directory (its file system, or the storage beneath it, is full): \
+         free space, then restart this node (the WAL cuts off a torn last record on open)"
     } else {
-        "check the disk and the kernel log (dmesg) before restarting this node"
+        "Check the disk and the kernel log (dmesg) before restarting this node"
     };
     format!(
         "[n{id}] FATAL: {e}. The node stopped: nothing after this failure was acknowledged, and waiting \
@@ -369,17 +481,20 @@ pub fn run(cfg: NodeConfig) -> Result<(), ServerError> {
         .join
         .clone()
         .map(|url| (url, cfg.id, cfg.members[&cfg.id].clone()));
+    let admin = cfg.admin_token.clone();
     let node = Node::start(cfg)?;
     if let Some((url, id, raft)) = join {
         let http = node.http_addr();
         std::thread::Builder::new()
             .name("join".into())
-            .spawn(move || match join::request_add(&url, id, &raft, http) {
-                Ok(()) => {
-                    info!("[n{id}] joined the cluster at {url} (as a learner until caught up)")
-                }
-                Err(e) => log::error!("[n{id}] {e}"),
-            })
+            .spawn(
+                move || match join::request_add(&url, id, &raft, http, admin.as_ref()) {
+                    Ok(()) => {
+                        info!("[n{id}] joined the cluster at {url} (as a learner until caught up)")
+                    }
+                    Err(e) => log::error!("[n{id}] {e}"),
+                },
+            )
             .map_err(|e| ServerError(format!("cannot start the join thread: {e}")))?;
     }
     let clients = node.client_sender();

@@ -40,6 +40,7 @@ use super::api::{ApiError, Consistency, WriteOk};
 use super::cluster::{decode_book, AddressBook, Addrs};
 use super::metrics::{Metrics, ProposalKind, RaftWatch};
 use super::request::{Committed, ReadFn, ReadMeta, Request, WriteReply};
+use super::space::SpaceWatch;
 use crate::config::NodeConfig;
 use crate::machine::StateMachine;
 use crate::raft::{
@@ -139,6 +140,8 @@ pub struct RaftLoop<S: StateMachine, R> {
     auto_promote: std::collections::BTreeSet<crate::raft::NodeId>,
     /// A graceful shutdown was asked for: stop by then at the latest.
     shutdown_at: Option<Instant>,
+    /// The data directory's free-space reserve (`space.rs`).
+    space: SpaceWatch,
 }
 
 impl<S: StateMachine, R: Into<Request<S>>> RaftLoop<S, R> {
@@ -171,7 +174,9 @@ impl<S: StateMachine, R: Into<Request<S>>> RaftLoop<S, R> {
         if let Some(me) = book.get_mut(&cfg.id) {
             me.http = Some(cfg.http_addr.to_string());
         }
+        let space = SpaceWatch::new(cfg.id, cfg.data_dir.clone(), cfg.min_free_bytes);
         RaftLoop {
+            space,
             book,
             auto_promote: Default::default(),
             shutdown_at: None,
@@ -236,6 +241,7 @@ impl<S: StateMachine, R: Into<Request<S>>> RaftLoop<S, R> {
         loop {
             select! {
                 recv(ticker) -> _ => {
+                    self.watch_space();
                     self.catch_up_ticks();
                     self.promote_caught_up_learners();
                     self.watch.observe_role(&self.raft, &self.metrics);
@@ -283,6 +289,23 @@ impl<S: StateMachine, R: Into<Request<S>>> RaftLoop<S, R> {
             }
         }
         Ok(())
+    }
+
+    /// Measures the data directory's free space (at most every `space::CHECK_EVERY`) and pauses or
+    /// resumes new writes in the core accordingly.
+    fn watch_space(&mut self) {
+        let s = self.space.check(Instant::now());
+        if s.low != self.raft.writes_paused() {
+            self.raft.set_writes_paused(s.low);
+        }
+        if let Some(free) = s.free {
+            self.metrics
+                .storage_free_bytes
+                .set(i64::try_from(free).unwrap_or(i64::MAX));
+        } else {
+            self.metrics.storage_free_bytes.set(-1);
+        }
+        self.metrics.storage_low_space.set(i64::from(s.low));
     }
 
     /// Ticks the core once for every whole tick interval since the last tick (bounded, so a process
@@ -477,7 +500,7 @@ impl<S: StateMachine, R: Into<Request<S>>> RaftLoop<S, R> {
                 let started = Instant::now();
                 self.wal
                     .sync()
-                    .map_err(|e| format!("WAL fsync failed: {e}"))?;
+                    .map_err(|e| format!("WAL sync (write + fdatasync) failed: {e}"))?;
                 self.stats.syncs += 1;
                 let n = rd.entries.len() as u64;
                 if self.wal.stats().syncs > wal_before.syncs {
@@ -578,7 +601,8 @@ impl<S: StateMachine, R: Into<Request<S>>> RaftLoop<S, R> {
                         ..
                     },
             }) => {
-                let again = *retried || e == RequestError::LeaderChanged;
+                let again = e != RequestError::InsufficientStorage
+                    && (*retried || e == RequestError::LeaderChanged);
                 if again {
                     *retried = true;
                 }
@@ -792,6 +816,12 @@ impl<S: StateMachine, R: Into<Request<S>>> RaftLoop<S, R> {
             "last_index": log.last_index(),
             "first_index": log.first_index(),
             "pending_requests": self.pending.len(),
+            "storage": {
+                "free_bytes": self.space.space().free,
+                "min_free_bytes": self.space.min_free(),
+                "low_space": self.space.space().low,
+                "writes_paused": self.raft.writes_paused(),
+            },
             "progress": progress,
             "stats": {
                 "turns": self.stats.turns,
@@ -827,6 +857,18 @@ impl<S: StateMachine, R: Into<Request<S>>> RaftLoop<S, R> {
             RequestError::Busy => ApiError::Busy,
             RequestError::Refused(why) if why.contains("not a member") => ApiError::NotFound(why),
             RequestError::Refused(why) => ApiError::Conflict(why),
+            RequestError::InsufficientStorage => {
+                self.metrics.writes_refused_low_space.inc();
+                let who = match self.raft.leader() {
+                    Some(l) if l == self.cfg.id => "this node's".to_string(),
+                    Some(l) => format!("the leader's (node {l})"),
+                    None => "the leader's".to_string(),
+                };
+                ApiError::InsufficientStorage(format!(
+                    "{who} data directory has less free space than its reserve (--min-free-bytes): \
+                     writes are refused until space is freed; nothing was applied; reads still work"
+                ))
+            }
         }
     }
 

@@ -111,8 +111,11 @@ fn condition(req: &Request) -> Result<Condition, ApiError> {
     Ok(cond)
 }
 
+/// The whole body, or an error: tiny_http's reader ends quietly when the connection closes early, so a
+/// body shorter than its `Content-Length` is refused here rather than stored truncated.
 fn read_body(req: &mut Request, cfg: &NodeConfig) -> Result<Vec<u8>, ApiError> {
-    if let Some(len) = req.body_length() {
+    let announced = req.body_length();
+    if let Some(len) = announced {
         check_value_len(len, cfg)?;
     }
     let mut body = Vec::new();
@@ -121,6 +124,12 @@ fn read_body(req: &mut Request, cfg: &NodeConfig) -> Result<Vec<u8>, ApiError> {
         .read_to_end(&mut body)
         .map_err(|e| ApiError::BadRequest(format!("cannot read the request body: {e}")))?;
     check_value_len(body.len(), cfg)?;
+    if let Some(len) = announced.filter(|&len| len != body.len()) {
+        return Err(ApiError::BadRequest(format!(
+            "the body ended after {} of its {len} bytes",
+            body.len()
+        )));
+    }
     Ok(body)
 }
 

@@ -14,6 +14,7 @@ fn put_remote_error(w: &mut Writer, e: &RemoteError) {
             w.u64(leader.unwrap_or(0));
         }
         RemoteError::Busy => w.u8(1),
+        RemoteError::InsufficientStorage => w.u8(2),
     }
 }
 
@@ -26,6 +27,7 @@ fn get_remote_error(r: &mut Reader) -> Result<RemoteError, DecodeError> {
             })
         }
         1 => Ok(RemoteError::Busy),
+        2 => Ok(RemoteError::InsufficientStorage),
         t => Err(DecodeError(format!("unknown remote error tag {t}"))),
     }
 }

@@ -1,18 +1,26 @@
 //! Peer transport: Raft messages over TCP, one outbound connection per peer, no async runtime.
 //!
-//! Wire format: every frame is a `u32` little-endian payload length followed by the payload. The first frame
-//! on a connection is the handshake (`NIMB`, protocol version `u16`, cluster name as a byte string of at most
-//! 255 bytes, sender id `u64`, the sender's HTTP address as a byte string of at most 255 bytes, possibly
-//! empty, and the connection's kind `u8`: 0 for messages, 1 for one snapshot transfer, see [`snapshot`]);
-//! on a message connection every later frame is one [`Message`] encoded by [`codec`]. Frames over
-//! `max_frame_size` (default 64 MiB), undecodable frames, a bad handshake (wrong magic, version or cluster
-//! name; an unknown or zero sender) or a message whose `from`/`to` do not match the connection close that
-//! connection with a warning naming the peer address and the reason. Those warnings are rate-limited (the
-//! first [`WARN_BURST`] in each [`WARN_WINDOW`], then one line counting the rest), so a client opening
-//! bad connection after connection cannot flood the log; [`Transport::refused_connections`] counts them
-//! all. A peer's HTTP address is taken from its handshake only once that connection has carried a valid
-//! message, so a handshake followed by garbage cannot replace it. (Peers are not authenticated: anyone who
-//! can reach the Raft port and knows the cluster name can still speak as a member.)
+//! Wire format: every frame is a `u32` little-endian payload length followed by the payload. A connection
+//! starts with the handshake of [`handshake`] (protocol version 4): a hello naming the cluster, the sender,
+//! the receiver, the sender's HTTP address and the connection's kind (0 for messages, 1 for one snapshot
+//! transfer, see [`snapshot`]), the acceptor's answer and, when the cluster has a token
+//! ([`TransportConfig::token`]), an HMAC-SHA256 challenge-response that proves to each side that the other
+//! knows the token. Nothing is read from or sent to a peer before its handshake completed. On a message
+//! connection every later frame is one [`Message`] encoded by [`codec`].
+//!
+//! Refused and closed: frames over `max_frame_size` (default 64 MiB; 1 KiB during the handshake),
+//! undecodable frames, a handshake that fails (wrong magic, version, cluster name or token; an unknown,
+//! zero or self sender; another receiver; not done within `handshake_timeout`), connections beyond
+//! `max_handshaking` still in their handshake, and a message whose `from`/`to` do not match the
+//! connection. Every refused or failed inbound connection (a bad handshake, a bad frame, a spoofed
+//! message, silence, an I/O error, a refused snapshot) is logged with the peer address and the reason,
+//! rate-limited (the first [`WARN_BURST`] in each [`WARN_WINDOW`], then one line counting the rest), so a
+//! client opening bad connection after connection cannot flood the log; [`Transport::refused_connections`]
+//! counts them all. The sender must be a current peer (the set follows membership changes, see
+//! [`Transport::set_peers`]). A peer's HTTP address is taken from its handshake only once that connection
+//! has carried a valid message, so a handshake followed by garbage cannot replace it.
+//!
+//! Without a token the transport works as before, and logs once at start that peers are unauthenticated.
 //!
 //! Threads and the rules they keep:
 //! - One acceptor thread; one reader thread per inbound connection, forwarding decoded messages to the
@@ -26,10 +34,12 @@
 //! - No connection is opened per message.
 
 pub mod codec;
+pub mod handshake;
 pub mod snapshot;
 
-use crate::codec::{Reader, Writer};
-use crate::config::connect_addr;
+pub use handshake::{ClusterToken, PROTOCOL_VERSION};
+
+use crate::codec::Writer;
 use crate::raft::{Message, NodeId};
 use crossbeam_channel::{Receiver, Sender, TrySendError};
 use log::{debug, info, warn};
@@ -37,14 +47,11 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::io::{BufWriter, ErrorKind, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-const MAGIC: &[u8; 4] = b"NIMB";
-const PROTOCOL_VERSION: u16 = 2;
-const MAX_CLUSTER_NAME: usize = 255;
 /// Bytes of queued messages folded into one write.
 const MAX_WRITE_BATCH: usize = 4 << 20;
 /// Warnings about refused or failed inbound connections logged one by one in each [`WARN_WINDOW`]...
@@ -75,6 +82,14 @@ pub struct TransportConfig {
     pub snapshot_dir: Option<std::path::PathBuf>,
     /// Largest snapshot accepted from a peer.
     pub max_snapshot_size: u64,
+    /// The cluster's shared secret: when set, every connection must pass the HMAC challenge-response of
+    /// [`handshake`] in both directions; when not, peers are not authenticated.
+    pub token: Option<ClusterToken>,
+    /// How long an inbound connection may take to complete its handshake (and an outbound one to get
+    /// the acceptor's answer).
+    pub handshake_timeout: Duration,
+    /// Inbound connections allowed in their handshake at once; more are closed on accept.
+    pub max_handshaking: usize,
 }
 
 impl TransportConfig {
@@ -99,6 +114,9 @@ impl TransportConfig {
             advertise_http: None,
             snapshot_dir: None,
             max_snapshot_size: 64 << 30,
+            token: None,
+            handshake_timeout: Duration::from_secs(5),
+            max_handshaking: 64,
         }
     }
 }
@@ -161,6 +179,8 @@ struct Shared {
     peers: Arc<RwLock<BTreeMap<NodeId, String>>>,
     /// Warnings about inbound connections, rate-limited.
     refusals: Arc<RefusalLog>,
+    /// Inbound connections still in their handshake.
+    handshaking: Arc<AtomicUsize>,
 }
 
 impl Shared {
@@ -244,9 +264,10 @@ impl Transport {
         cfg: TransportConfig,
         inbound: Sender<Message>,
     ) -> Result<Transport, TransportError> {
-        if cfg.cluster.len() > MAX_CLUSTER_NAME {
+        if cfg.cluster.len() > handshake::MAX_NAME {
             return Err(TransportError::Config(format!(
-                "cluster name longer than {MAX_CLUSTER_NAME} bytes"
+                "cluster name longer than {} bytes",
+                handshake::MAX_NAME
             )));
         }
         let listener =
@@ -259,12 +280,20 @@ impl Transport {
             .map_err(|e| TransportError::Bind(cfg.listen, e))?;
         let stop = Arc::new(AtomicBool::new(false));
         let peer_http = Arc::new(Mutex::new(BTreeMap::new()));
+        if cfg.token.is_none() {
+            warn!(
+                "transport: no cluster token configured (--cluster-token-file or NIMBUS_CLUSTER_TOKEN): \
+                 peer connections on {local} are NOT authenticated; anyone who can reach that port can \
+                 act as a member"
+            );
+        }
         let shared = Shared {
             peers: Arc::new(RwLock::new(cfg.peers.clone())),
             cfg: Arc::new(cfg),
             stop: stop.clone(),
             peer_http: peer_http.clone(),
             refusals: Arc::new(RefusalLog::new()),
+            handshaking: Arc::new(AtomicUsize::new(0)),
         };
         let readers = Arc::new(Mutex::new(Vec::new()));
         let mut threads = Vec::new();
@@ -411,10 +440,15 @@ enum Frame<'a> {
 impl FrameReader {
     fn new(max: usize) -> Self {
         FrameReader {
-            buf: Vec::with_capacity(64 * 1024),
+            buf: Vec::with_capacity(max.min(64 * 1024)),
             start: 0,
             max,
         }
+    }
+
+    /// Changes the frame cap (raised once the handshake is done).
+    fn set_max(&mut self, max: usize) {
+        self.max = max;
     }
 
     fn next(&mut self, r: &mut impl Read) -> std::io::Result<Frame<'_>> {
@@ -465,61 +499,6 @@ impl FrameReader {
 const KIND_MESSAGES: u8 = 0;
 const KIND_SNAPSHOT: u8 = 1;
 
-fn handshake(cluster: &str, id: NodeId, http: Option<SocketAddr>, kind: u8) -> Vec<u8> {
-    let mut w = Writer::new();
-    w.buf.extend_from_slice(MAGIC);
-    w.buf.extend_from_slice(&PROTOCOL_VERSION.to_le_bytes());
-    w.bytes(cluster.as_bytes());
-    w.u64(id);
-    w.bytes(http.map(|a| a.to_string()).unwrap_or_default().as_bytes());
-    w.u8(kind);
-    w.into_inner()
-}
-
-/// Validates a handshake; returns the sender's id and the HTTP address it announced (empty or unparsable
-/// addresses are ignored: they only serve to point clients at the leader).
-fn check_handshake(buf: &[u8], sh: &Shared) -> Result<(NodeId, Option<SocketAddr>, u8), String> {
-    let cfg = &sh.cfg;
-    if buf.len() < 6 || &buf[..4] != MAGIC {
-        return Err("bad magic: not a nimbus peer".into());
-    }
-    let version = u16::from_le_bytes([buf[4], buf[5]]);
-    if version != PROTOCOL_VERSION {
-        return Err(format!(
-            "protocol version {version}, we speak {PROTOCOL_VERSION}"
-        ));
-    }
-    let mut r = Reader::new(&buf[6..]);
-    let cluster = r.bytes().map_err(|e| e.to_string())?;
-    let id = r.u64().map_err(|e| e.to_string())?;
-    let http = r.bytes().map_err(|e| e.to_string())?;
-    let kind = r.u8().map_err(|e| e.to_string())?;
-    r.finish().map_err(|e| e.to_string())?;
-    if kind != KIND_MESSAGES && kind != KIND_SNAPSHOT {
-        return Err(format!("unknown connection kind {kind}"));
-    }
-    if http.len() > MAX_CLUSTER_NAME {
-        return Err(format!("HTTP address of {} bytes", http.len()));
-    }
-    let http = std::str::from_utf8(&http)
-        .ok()
-        .and_then(|h| h.parse::<SocketAddr>().ok());
-    if cluster != cfg.cluster.as_bytes() {
-        return Err(format!(
-            "cluster {:?}, we are {:?}",
-            String::from_utf8_lossy(&cluster),
-            cfg.cluster
-        ));
-    }
-    if id == 0 || id == cfg.node_id || sh.peer_addr(id).is_none() {
-        return Err(format!(
-            "sender id {id} is not a peer of node {}",
-            cfg.node_id
-        ));
-    }
-    Ok((id, http, kind))
-}
-
 // ---- Threads ----
 
 fn spawn_writer(
@@ -547,10 +526,22 @@ fn acceptor(
         sh.refusals.tick();
         match listener.accept() {
             Ok((stream, addr)) => {
+                if sh.handshaking.load(Ordering::SeqCst) >= sh.cfg.max_handshaking {
+                    drop(stream);
+                    sh.refusals.warn(format_args!(
+                        "transport: refused a peer connection from {addr}: too many connections in \
+                         their handshake"
+                    ));
+                    continue;
+                }
+                sh.handshaking.fetch_add(1, Ordering::SeqCst);
                 let (sh2, tx) = (sh.clone(), inbound.clone());
                 let spawned = std::thread::Builder::new()
                     .name(format!("peer-reader-{addr}"))
                     .spawn(move || reader(sh2, stream, addr, tx));
+                if spawned.is_err() {
+                    sh.handshaking.fetch_sub(1, Ordering::SeqCst);
+                }
                 match spawned {
                     Ok(h) => {
                         let mut rs = readers.lock().unwrap_or_else(|e| e.into_inner());
@@ -577,10 +568,33 @@ fn reader(sh: Shared, mut stream: TcpStream, addr: SocketAddr, inbound: Sender<M
     let _ = stream.set_nodelay(true);
     // A short timeout lets the thread notice shutdown; `idle` tracks the real read timeout.
     let _ = stream.set_read_timeout(Some(Duration::from_millis(200)));
-    let mut frames = FrameReader::new(cfg.max_frame_size);
-    let mut from = None;
+    let mut frames = FrameReader::new(handshake::MAX_HANDSHAKE_FRAME);
+    let accepted = handshake::accept(&sh, &mut stream, &mut frames);
+    sh.handshaking.fetch_sub(1, Ordering::SeqCst);
+    let peer = match accepted {
+        Ok(a) => a,
+        Err(_) if sh.stop.load(Ordering::SeqCst) => return,
+        Err(e) => {
+            sh.refusals.warn(format_args!(
+                "transport: refused a peer connection from {addr}: {e}"
+            ));
+            return;
+        }
+    };
+    debug!("transport: node {} connected from {addr}", peer.from);
+    frames.set_max(cfg.max_frame_size);
+    if peer.kind == KIND_SNAPSHOT {
+        snapshot::receive(&sh, &mut stream, &mut frames, addr, peer.from, &inbound);
+        return;
+    }
     // The HTTP address the handshake announced, recorded once a valid message came from the sender.
-    let mut announced_http = None;
+    let mut announced_http = peer.http.map(|mut h| {
+        if h.ip().is_unspecified() {
+            h.set_ip(addr.ip());
+        }
+        h
+    });
+    let peer = peer.from;
     let mut last_data = Instant::now();
     loop {
         if sh.stop.load(Ordering::SeqCst) {
@@ -612,31 +626,6 @@ fn reader(sh: Shared, mut stream: TcpStream, addr: SocketAddr, inbound: Sender<M
                 return;
             }
         };
-        let Some(peer) = from else {
-            match check_handshake(buf, &sh) {
-                Ok((id, http, kind)) => {
-                    debug!("transport: node {id} connected from {addr}");
-                    if kind == KIND_SNAPSHOT {
-                        snapshot::receive(&sh, &mut stream, &mut frames, addr, id, &inbound);
-                        return;
-                    }
-                    from = Some(id);
-                    announced_http = http.map(|mut h| {
-                        if h.ip().is_unspecified() {
-                            h.set_ip(addr.ip());
-                        }
-                        h
-                    });
-                    continue;
-                }
-                Err(e) => {
-                    sh.refusals.warn(format_args!(
-                        "transport: closing connection from {addr}: bad handshake: {e}"
-                    ));
-                    return;
-                }
-            }
-        };
         let msg = match codec::decode_message(buf) {
             Ok(m) => m,
             Err(e) => {
@@ -666,7 +655,6 @@ fn reader(sh: Shared, mut stream: TcpStream, addr: SocketAddr, inbound: Sender<M
 /// Owns the one outbound connection to `peer`.
 fn writer(sh: Shared, peer: NodeId, addr: String, rx: Receiver<Message>, stats: Arc<PeerStats>) {
     let cfg = &sh.cfg;
-    let hello = handshake(&cfg.cluster, cfg.node_id, cfg.advertise_http, KIND_MESSAGES);
     let mut conn: Option<BufWriter<TcpStream>> = None;
     let mut backoff = cfg.backoff_min;
     let mut unreachable = false;
@@ -683,7 +671,7 @@ fn writer(sh: Shared, peer: NodeId, addr: String, rx: Receiver<Message>, stats: 
             Err(crossbeam_channel::RecvTimeoutError::Disconnected) => return,
         };
         if conn.is_none() {
-            match connect(&addr, cfg, &hello) {
+            match handshake::connect(&addr, cfg, peer, KIND_MESSAGES) {
                 Ok(c) => {
                     stats.connects.fetch_add(1, Ordering::Relaxed);
                     debug!("transport: connected to node {peer} at {addr}");
@@ -757,19 +745,4 @@ fn pause_and_discard(
     let stale = rx.try_iter().count() as u64;
     stats.dropped.fetch_add(stale, Ordering::Relaxed);
     (backoff * 2).min(cfg.backoff_max)
-}
-
-fn connect(
-    addr: &str,
-    cfg: &TransportConfig,
-    hello: &[u8],
-) -> std::io::Result<BufWriter<TcpStream>> {
-    let sa = connect_addr(addr).map_err(|e| std::io::Error::new(ErrorKind::InvalidInput, e))?;
-    let s = TcpStream::connect_timeout(&sa, cfg.connect_timeout)?;
-    s.set_nodelay(true)?;
-    s.set_write_timeout(Some(cfg.write_timeout))?;
-    let mut w = BufWriter::with_capacity(256 * 1024, s);
-    write_frame(&mut w, hello)?;
-    w.flush()?;
-    Ok(w)
 }

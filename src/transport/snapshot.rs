@@ -23,9 +23,7 @@
 //!   receiver answered 1. A transfer stops early when the transport shuts down.
 //! - A transfer that takes longer than the transport's read timeout between two frames is abandoned.
 
-use super::{
-    connect, handshake, write_frame, Frame, FrameReader, Shared, Transport, KIND_SNAPSHOT,
-};
+use super::{handshake, write_frame, Frame, FrameReader, Shared, Transport, KIND_SNAPSHOT};
 use crate::raft::{Index, Message, MessageBody, NodeId};
 use crossbeam_channel::Sender;
 use log::{info, warn};
@@ -118,8 +116,8 @@ fn send(sh: &Shared, snap: &OutgoingSnapshot) -> Result<u64, String> {
         .metadata()
         .map_err(|e| format!("stat {}: {e}", snap.path.display()))?
         .len();
-    let hello = handshake(&cfg.cluster, cfg.node_id, cfg.advertise_http, KIND_SNAPSHOT);
-    let mut w = connect(&addr, cfg, &hello).map_err(|e| format!("connect to {addr}: {e}"))?;
+    let mut w = handshake::connect(&addr, cfg, to, KIND_SNAPSHOT)
+        .map_err(|e| format!("connect to {addr}: {e}"))?;
     let mut header = total.to_le_bytes().to_vec();
     header.extend_from_slice(&super::codec::encode_message(&snap.message));
     write_frame(&mut w, &header).map_err(|e| e.to_string())?;
