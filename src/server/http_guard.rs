@@ -35,7 +35,7 @@ use std::io::{ErrorKind, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::os::unix::net::{SocketAddr as UnixAddr, UnixStream};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -45,6 +45,8 @@ pub const MAX_HEADER_FIELDS: usize = 100;
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 /// A body must arrive whole within this many read timeouts.
 pub const BODY_TIMEOUT_FACTOR: u32 = 6;
+/// Longest wait for tiny_http to take a new connection before the next one is handed over.
+const HANDOFF_WAIT: Duration = Duration::from_secs(1);
 /// How often blocked reads wake up to check deadlines and shutdown.
 const POLL: Duration = Duration::from_millis(250);
 const CHUNK: usize = 64 * 1024;
@@ -132,6 +134,8 @@ struct Shared {
     backend: UnixAddr,
     stop: Arc<AtomicBool>,
     active: AtomicUsize,
+    /// Held while one new connection is handed to tiny_http (see [`Backend::wait_taken`]).
+    handoff: Mutex<()>,
 }
 
 impl Guard {
@@ -148,6 +152,7 @@ impl Guard {
             backend,
             stop: stop.clone(),
             active: AtomicUsize::new(0),
+            handoff: Mutex::new(()),
         });
         let acceptor = std::thread::Builder::new()
             .name("http-guard".into())
@@ -248,6 +253,8 @@ struct Backend {
     copier: JoinHandle<()>,
     /// Set when the guard ends the connection itself: the copier must then leave the client open.
     finishing: Arc<AtomicBool>,
+    /// Set by the copier when the first bytes of an answer arrive.
+    answered: Arc<AtomicBool>,
 }
 
 impl Backend {
@@ -258,11 +265,13 @@ impl Backend {
         let mut to = client.try_clone()?;
         let finishing = Arc::new(AtomicBool::new(false));
         let fin = finishing.clone();
+        let answered = Arc::new(AtomicBool::new(false));
+        let ans = answered.clone();
         let copier = std::thread::Builder::new()
             .name("http-copy".into())
             .stack_size(128 * 1024)
             .spawn(move || {
-                let _ = std::io::copy(&mut from, &mut to);
+                copy_answers(&mut from, &mut to, &ans);
                 if !fin.load(Ordering::SeqCst) {
                     let _ = to.shutdown(Shutdown::Both);
                 }
@@ -271,7 +280,31 @@ impl Backend {
             stream,
             copier,
             finishing,
+            answered,
         })
+    }
+
+    /// Waits until tiny_http has taken this new connection: its task read the request head sent so far
+    /// (the socket's send queue is empty) or an answer arrived; at most [`HANDOFF_WAIT`].
+    ///
+    /// Why: tiny_http 0.12 runs each connection as a task of its own thread pool, and its `spawn` reads
+    /// the count of idle threads without waiting for the threads it already woke to take their tasks.
+    /// When connections arrive in a burst, more tasks are queued than there are idle threads; a queued
+    /// keep-alive connection then waits until some other connection closes, which under a steady load is
+    /// never (64 connections opened at once were seen to get 4 of them served). Handing connections over
+    /// one at a time, each only once the previous one runs, keeps the pool's count exact, so every task
+    /// gets a thread. The cost is a wait of one local round trip per new connection, not per request.
+    fn wait_taken(&self, sh: &Shared) {
+        let deadline = Instant::now() + HANDOFF_WAIT;
+        let mut pause = Duration::from_micros(20);
+        while !self.answered.load(Ordering::SeqCst)
+            && unsent_bytes(&self.stream) != Some(0)
+            && Instant::now() < deadline
+            && !sh.stop.load(Ordering::SeqCst)
+        {
+            std::thread::sleep(pause);
+            pause = (pause * 2).min(Duration::from_millis(1));
+        }
     }
 
     /// Lets tiny_http answer what it was given, copies those answers, and waits for the copier.
@@ -280,6 +313,34 @@ impl Backend {
         let _ = self.stream.shutdown(Shutdown::Write);
         let _ = self.copier.join();
     }
+}
+
+/// Copies tiny_http's answers to the client, flagging the first bytes.
+fn copy_answers(from: &mut UnixStream, to: &mut TcpStream, answered: &AtomicBool) {
+    let mut buf = vec![0u8; CHUNK];
+    loop {
+        match from.read(&mut buf) {
+            Ok(0) => return,
+            Ok(n) => {
+                answered.store(true, Ordering::SeqCst);
+                if to.write_all(&buf[..n]).is_err() {
+                    return;
+                }
+            }
+            Err(e) if e.kind() == ErrorKind::Interrupted => {}
+            Err(_) => return,
+        }
+    }
+}
+
+/// Bytes written to a Unix stream socket that its peer has not read yet (`SIOCOUTQ`), if known.
+fn unsent_bytes(stream: &UnixStream) -> Option<u64> {
+    use std::os::fd::AsRawFd;
+    let mut n: libc::c_int = 0;
+    // SAFETY: TIOCOUTQ (SIOCOUTQ) writes one int into the variable we own and pass by pointer; the fd is
+    // open for the lifetime of `stream`.
+    let rc = unsafe { libc::ioctl(stream.as_raw_fd(), libc::TIOCOUTQ, &mut n) };
+    (rc == 0).then(|| u64::try_from(n).unwrap_or(0))
 }
 
 /// Serves one client connection until it closes, idles out, errs or the guard stops.
@@ -299,7 +360,10 @@ fn serve(sh: &Shared, mut client: TcpStream) {
             Ok(None) => break None,
             Err(r) => break Some(r),
         };
+        // A new connection is handed to tiny_http under the handoff lock, held until tiny_http took it.
+        let mut handoff = None;
         if backend.is_none() {
+            handoff = Some(sh.handoff.lock().unwrap_or_else(|e| e.into_inner()));
             match Backend::connect(sh, &client) {
                 Ok(b) => backend = Some(b),
                 Err(e) => {
@@ -317,6 +381,11 @@ fn serve(sh: &Shared, mut client: TcpStream) {
         let head: Vec<u8> = buf.drain(..head_len).collect();
         if b.stream.write_all(&head).is_err() {
             break None;
+        }
+        // Released before the body: a slow body must not hold up other connections.
+        if let Some(lock) = handoff.take() {
+            b.wait_taken(sh);
+            drop(lock);
         }
         match forward_body(sh, &mut client, &mut b.stream, &mut buf, body_len) {
             Ok(true) => {}
