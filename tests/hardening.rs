@@ -756,3 +756,58 @@ fn below_the_free_space_reserve_writes_get_507_reads_go_on_and_writes_resume() {
     assert!(!log.contains("FATAL") && !log.contains("corrupt"), "{log}");
     c.check_alive();
 }
+
+/// A data directory that cannot be used is a clear start error (exit 1, one line naming the path), never
+/// a panic: a path that is a file, a directory on a read-only file system (root bypasses permission bits,
+/// so a read-only tmpfs stands in for "not writable"; skipped with a reason when it cannot be mounted),
+/// and a WAL path that is a file.
+#[test]
+fn unusable_data_directories_are_refused_with_a_clear_message() {
+    let dir = tempfile::tempdir().unwrap();
+    let ports = free_ports(2);
+    let args_owned = [
+        "--node".to_string(),
+        "0".into(),
+        "--http".into(),
+        format!("127.0.0.1:{}", ports[0]),
+        "--cluster".into(),
+        format!("1,127.0.0.1:{}", ports[1]),
+    ];
+    let args: Vec<&str> = args_owned.iter().map(String::as_str).collect();
+    let refused = |data: &Path, want: &str| {
+        let mut child = nimbus(&args, data, &[]);
+        let code = wait_exit(&mut child, Duration::from_secs(20));
+        let err = stderr_of(&mut child);
+        assert_eq!(code, Some(1), "{}: {err}", data.display());
+        assert!(
+            err.contains(want),
+            "{}: expected {want:?} in {err}",
+            data.display()
+        );
+        assert!(!err.contains("panicked"), "{err}");
+    };
+
+    let file = dir.path().join("a-file");
+    std::fs::write(&file, b"not a directory").unwrap();
+    refused(&file, "is not a directory");
+
+    let wal_is_file = dir.path().join("wal-is-file");
+    std::fs::create_dir_all(&wal_is_file).unwrap();
+    std::fs::write(wal_is_file.join("wal"), b"x").unwrap();
+    refused(&wal_is_file, "WAL");
+
+    let mnt = dir.path().join("ro");
+    std::fs::create_dir_all(&mnt).unwrap();
+    let mounted = Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=1m,ro", "tmpfs"])
+        .arg(&mnt)
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false);
+    if !mounted {
+        eprintln!("skipping the read-only part: cannot mount a tmpfs (not root?)");
+        return;
+    }
+    refused(&mnt.join("data"), "Read-only file system");
+    let _ = Command::new("umount").arg(&mnt).status();
+}

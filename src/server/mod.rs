@@ -337,6 +337,12 @@ pub(crate) fn prepare<S: StateMachine>(
 ) -> Result<Prepared<S>, ServerError> {
     cfg.validate().map_err(ServerError)?;
     let id = cfg.id;
+    if cfg.data_dir.exists() && !cfg.data_dir.is_dir() {
+        return Err(ServerError(format!(
+            "data directory {} exists and is not a directory",
+            cfg.data_dir.display()
+        )));
+    }
     std::fs::create_dir_all(&cfg.data_dir).map_err(|e| {
         ServerError(format!(
             "cannot create data directory {}: {e}",
