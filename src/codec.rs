@@ -25,27 +25,34 @@ impl std::error::Error for DecodeError {}
 /// Appends encoded values to a byte vector.
 #[derive(Default)]
 pub struct Writer {
+    /// The encoded bytes written so far.
     pub buf: Vec<u8>,
 }
 
 impl Writer {
+    /// An empty writer.
     pub fn new() -> Self {
         Self::default()
     }
+    /// An empty writer whose buffer has room for `n` bytes before it reallocates.
     pub fn with_capacity(n: usize) -> Self {
         Writer {
             buf: Vec::with_capacity(n),
         }
     }
+    /// Appends one byte.
     pub fn u8(&mut self, v: u8) {
         self.buf.push(v);
     }
+    /// Appends a `u32`, 4 bytes little-endian.
     pub fn u32(&mut self, v: u32) {
         self.buf.extend_from_slice(&v.to_le_bytes());
     }
+    /// Appends a `u64`, 8 bytes little-endian.
     pub fn u64(&mut self, v: u64) {
         self.buf.extend_from_slice(&v.to_le_bytes());
     }
+    /// Appends a bool as one byte, `0` or `1`.
     pub fn bool(&mut self, v: bool) {
         self.u8(v as u8);
     }
@@ -56,6 +63,8 @@ impl Writer {
         self.u32(len);
         self.buf.extend_from_slice(v);
     }
+    /// Appends an entry: index (`u64`), term (`u64`), a kind tag byte (`0` no-op, `1` command, `2`
+    /// config), then for a command its data, for a config its membership and context byte strings.
     pub fn entry(&mut self, e: &Entry) {
         self.u64(e.index);
         self.u64(e.term);
@@ -75,6 +84,8 @@ impl Writer {
             }
         }
     }
+    /// Appends a membership: the voters, then the learners, each as a `u32` count followed by that many
+    /// `u64` ids in ascending order.
     pub fn membership(&mut self, m: &Membership) {
         for set in [&m.voters, &m.learners] {
             self.u32(set.len() as u32);
@@ -83,11 +94,13 @@ impl Writer {
             }
         }
     }
+    /// Appends a hard state: term, vote and commit, each a `u64`.
     pub fn hard_state(&mut self, hs: &HardState) {
         self.u64(hs.term);
         self.u64(hs.vote);
         self.u64(hs.commit);
     }
+    /// Consumes the writer and returns the encoded bytes.
     pub fn into_inner(self) -> Vec<u8> {
         self.buf
     }
@@ -100,12 +113,15 @@ pub struct Reader<'a> {
 }
 
 impl<'a> Reader<'a> {
+    /// A reader positioned at the start of `buf`.
     pub fn new(buf: &'a [u8]) -> Self {
         Reader { buf, pos: 0 }
     }
+    /// The number of bytes not yet read.
     pub fn remaining(&self) -> usize {
         self.buf.len() - self.pos
     }
+    /// Whether every byte has been read.
     pub fn is_empty(&self) -> bool {
         self.remaining() == 0
     }
@@ -121,19 +137,23 @@ impl<'a> Reader<'a> {
         self.pos += n;
         Ok(s)
     }
+    /// Reads one byte; a [`DecodeError`] if none remains.
     pub fn u8(&mut self) -> Result<u8, DecodeError> {
         Ok(self.take(1, "u8")?[0])
     }
+    /// Reads a little-endian `u32`; a [`DecodeError`] if fewer than 4 bytes remain.
     pub fn u32(&mut self) -> Result<u32, DecodeError> {
         let b = self.take(4, "u32")?;
         Ok(u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
     }
+    /// Reads a little-endian `u64`; a [`DecodeError`] if fewer than 8 bytes remain.
     pub fn u64(&mut self) -> Result<u64, DecodeError> {
         let b = self.take(8, "u64")?;
         let mut a = [0u8; 8];
         a.copy_from_slice(b);
         Ok(u64::from_le_bytes(a))
     }
+    /// Reads a bool; a [`DecodeError`] if the byte is neither `0` nor `1` or none remains.
     pub fn bool(&mut self) -> Result<bool, DecodeError> {
         match self.u8()? {
             0 => Ok(false),
@@ -141,6 +161,8 @@ impl<'a> Reader<'a> {
             b => Err(DecodeError(format!("bad bool byte {b}"))),
         }
     }
+    /// Reads a byte string (`u32` length, then the bytes); a [`DecodeError`] if the length exceeds what
+    /// remains.
     pub fn bytes(&mut self) -> Result<Vec<u8>, DecodeError> {
         let len = self.u32()? as usize;
         Ok(self.take(len, "byte string")?.to_vec())
@@ -157,6 +179,8 @@ impl<'a> Reader<'a> {
         }
         Ok(n)
     }
+    /// Reads an entry in the layout [`Writer::entry`] writes; a [`DecodeError`] on truncation or an
+    /// unknown kind tag.
     pub fn entry(&mut self) -> Result<Entry, DecodeError> {
         let index = self.u64()?;
         let term = self.u64()?;
@@ -194,6 +218,7 @@ impl<'a> Reader<'a> {
         }
         Ok(m)
     }
+    /// Reads a hard state (term, vote, commit); a [`DecodeError`] if fewer than 24 bytes remain.
     pub fn hard_state(&mut self) -> Result<HardState, DecodeError> {
         Ok(HardState {
             term: self.u64()?,

@@ -62,14 +62,17 @@ impl RaftLog {
         }
     }
 
+    /// The index of the first entry held in memory: one past the snapshot index.
     pub fn first_index(&self) -> Index {
         self.snapshot_index + 1
     }
 
+    /// The index of the last entry, or the snapshot index when no entries are held.
     pub fn last_index(&self) -> Index {
         self.snapshot_index + self.entries.len() as u64
     }
 
+    /// The term of the last entry, or the snapshot's term when no entries are held.
     pub fn last_term(&self) -> Term {
         self.entries
             .last()
@@ -77,18 +80,23 @@ impl RaftLog {
             .unwrap_or(self.snapshot_term)
     }
 
+    /// The highest index known committed; never decreases and never exceeds [`RaftLog::last_index`].
     pub fn committed(&self) -> Index {
         self.committed
     }
 
+    /// The highest index the state machine has applied; at most [`RaftLog::committed`].
     pub fn applied(&self) -> Index {
         self.applied
     }
 
+    /// The last index known to be durable in storage.
     pub fn stable(&self) -> Index {
         self.stable
     }
 
+    /// The index of the last entry covered by the snapshot (0 if there is none); everything at or below
+    /// it has been compacted away.
     pub fn snapshot_index(&self) -> Index {
         self.snapshot_index
     }

@@ -99,9 +99,11 @@ impl Config {
 /// What a node recovered from its storage when it starts.
 #[derive(Debug, Clone, Default)]
 pub struct InitialState {
+    /// The durable term, vote and commit index.
     pub hard_state: HardState,
     /// Index and term of the last entry covered by a snapshot (0, 0 without one).
     pub snapshot_index: Index,
+    /// The term of the entry at `snapshot_index` (0 without a snapshot).
     pub snapshot_term: Term,
     /// The durable entries after `snapshot_index`, contiguous.
     pub entries: Vec<Entry>,
@@ -115,9 +117,13 @@ pub struct InitialState {
 /// The role a node plays now.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Role {
+    /// Follows a leader, or waits for one until its election timeout fires.
     Follower,
+    /// Runs a pre-vote (thesis §9.6) to learn whether it could win an election before raising its term.
     PreCandidate,
+    /// Campaigns for votes in a new term.
     Candidate,
+    /// Leads the cluster for the current term.
     Leader,
 }
 
@@ -125,7 +131,10 @@ pub enum Role {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum RequestError {
     /// Not the leader (and for forwarded requests: the leader was unknown or refused). Nothing was appended.
-    NotLeader { leader: Option<NodeId> },
+    NotLeader {
+        /// The leader's id as this node knows it, or `None` if it knows of none.
+        leader: Option<NodeId>,
+    },
     /// The leader changed while a forwarded request was in flight. A proposal may or may not have been
     /// appended: only an idempotent retry is safe.
     LeaderChanged,
@@ -154,7 +163,9 @@ impl From<RemoteError> for RequestError {
 /// entry at that index is applied *with that term*; a different term there means the proposal was lost.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Proposed {
+    /// The id the driver gave the proposal.
     pub request_id: u64,
+    /// The index of the first command and the term of all of them, or why nothing was appended.
     pub result: Result<(Index, Term), RequestError>,
 }
 
@@ -162,7 +173,9 @@ pub struct Proposed {
 /// the `read_index` call may be answered from it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ReadState {
+    /// The id the driver gave the `read_index` call.
     pub request_id: u64,
+    /// The confirmed read index, or why none could be given.
     pub result: Result<Index, RequestError>,
 }
 
@@ -194,6 +207,7 @@ pub struct Ready {
 }
 
 impl Ready {
+    /// Whether there is nothing for the driver to do: no state to persist, no messages, no outcomes.
     pub fn is_empty(&self) -> bool {
         self.hard_state.is_none()
             && self.snapshot.is_none()
@@ -343,24 +357,31 @@ impl Raft {
 
     // ---- Read-only views (status, tests, metrics) ----
 
+    /// This node's id.
     pub fn id(&self) -> NodeId {
         self.id
     }
+    /// The current term.
     pub fn term(&self) -> Term {
         self.term
     }
+    /// The candidate this node voted for in the current term, or 0.
     pub fn vote(&self) -> NodeId {
         self.vote
     }
+    /// The leader this node currently knows of, if any.
     pub fn leader(&self) -> Option<NodeId> {
         self.leader
     }
+    /// The in-memory log.
     pub fn log(&self) -> &RaftLog {
         &self.log
     }
+    /// The configuration the node was created with.
     pub fn config(&self) -> &Config {
         &self.cfg
     }
+    /// The role the node plays now.
     pub fn role(&self) -> Role {
         match self.role {
             RoleState::Follower => Role::Follower,
@@ -376,13 +397,16 @@ impl Raft {
         self.writes_paused = paused;
     }
 
+    /// Whether new commands are paused (see [`Raft::set_writes_paused`]).
     pub fn writes_paused(&self) -> bool {
         self.writes_paused
     }
 
+    /// Whether this node is the leader of the current term.
     pub fn is_leader(&self) -> bool {
         matches!(self.role, RoleState::Leader(_))
     }
+    /// The current term, vote and commit index, as they must be persisted.
     pub fn hard_state(&self) -> HardState {
         HardState {
             term: self.term,

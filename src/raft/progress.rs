@@ -13,20 +13,25 @@
 use super::message::Index;
 use std::collections::VecDeque;
 
+/// The replication state of one follower, as the leader sees it (see the module docs).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ProgressState {
+    /// Where the follower's log matches is unknown: one append at a time until one is accepted.
     Probe,
+    /// The follower accepted an append: stream appends, at most `max_inflight` unacknowledged.
     Replicate,
     /// Waiting for the follower to install the snapshot at this index.
     Snapshot(Index),
 }
 
+/// The leader's replication bookkeeping for one follower.
 #[derive(Debug, Clone)]
 pub struct Progress {
     /// Highest index known to match the leader's log.
     pub matched: Index,
     /// Next index to send.
     pub next: Index,
+    /// Which of the three replication states the follower is in.
     pub state: ProgressState,
     /// In Probe: a probe is outstanding, wait before sending another.
     pub probe_sent: bool,
@@ -43,6 +48,8 @@ pub struct Progress {
 }
 
 impl Progress {
+    /// The progress of a follower the leader knows nothing about yet: in Probe, starting at `next`,
+    /// nothing matched.
     pub fn new(next: Index) -> Self {
         Progress {
             matched: 0,
@@ -125,6 +132,7 @@ impl Progress {
         }
     }
 
+    /// Switches to Probe: forgets in-flight appends and resumes right after `matched`.
     pub fn become_probe(&mut self) {
         self.state = ProgressState::Probe;
         self.probe_sent = false;
@@ -132,12 +140,15 @@ impl Progress {
         self.next = self.matched + 1;
     }
 
+    /// Switches to Replicate: forgets in-flight appends and resumes right after `matched`.
     pub fn become_replicate(&mut self) {
         self.state = ProgressState::Replicate;
         self.inflight.clear();
         self.next = self.matched + 1;
     }
 
+    /// Switches to Snapshot: nothing more is sent until the follower has installed the snapshot at
+    /// `index`.
     pub fn become_snapshot(&mut self, index: Index) {
         self.state = ProgressState::Snapshot(index);
         self.inflight.clear();

@@ -10,10 +10,12 @@ pub struct Rng {
 }
 
 impl Rng {
+    /// A generator whose sequence is fully determined by `seed`.
     pub fn new(seed: u64) -> Self {
         Rng { state: seed }
     }
 
+    /// The next pseudo-random 64-bit value of the sequence.
     pub fn next_u64(&mut self) -> u64 {
         self.state = self.state.wrapping_add(0x9E37_79B9_7F4A_7C15);
         let mut z = self.state;

@@ -22,16 +22,23 @@ use std::path::{Path, PathBuf};
 /// A storage failure.
 #[derive(Debug)]
 pub enum StorageError {
+    /// An I/O operation on a file failed.
     Io {
+        /// The file (or directory) the operation was on.
         path: PathBuf,
+        /// The operation, e.g. `"fsync"`.
         op: &'static str,
+        /// The underlying error.
         source: std::io::Error,
     },
     /// The data in a file is damaged (or not what its name says). For the WAL: somewhere a crash cannot
     /// explain, so the node must not start on it. For a snapshot: that file must not be used.
     Corrupt {
+        /// The damaged file.
         path: PathBuf,
+        /// The byte offset in the file where the damage was found.
         offset: u64,
+        /// What was wrong there.
         reason: String,
     },
     /// The caller asked for something the log cannot do (a bug in the caller).

@@ -65,6 +65,7 @@ pub struct SnapshotMeta {
     pub term: Term,
     /// Size of the whole file in bytes (header, body and trailer).
     pub size: u64,
+    /// The snapshot file's path.
     pub path: PathBuf,
 }
 
@@ -387,6 +388,7 @@ impl SnapshotStore {
         Ok(store)
     }
 
+    /// The directory holding the snapshot files.
     pub fn dir(&self) -> &Path {
         &self.inner.dir
     }
@@ -682,6 +684,7 @@ pub struct IncomingSnapshot {
 }
 
 impl IncomingSnapshot {
+    /// The file the received bytes are written to ([`SnapshotStore::incoming_path`]).
     pub fn path(&self) -> &Path {
         &self.path
     }

@@ -88,6 +88,7 @@ impl Default for WalOptions {
 /// What replay found.
 #[derive(Debug, Clone, Default)]
 pub struct Recovered {
+    /// The last hard state found in the log (the default if none was written).
     pub hard_state: HardState,
     /// Contiguous entries starting at `first_index`.
     pub entries: Vec<Entry>,
@@ -100,8 +101,11 @@ pub struct Recovered {
 /// Counters for status pages.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct WalStats {
+    /// How many times a segment was synced to disk since the log was opened.
     pub syncs: u64,
+    /// Bytes written to segment files since the log was opened, record framing included.
     pub bytes_written: u64,
+    /// How many segment files the log has now.
     pub segments: u64,
 }
 
@@ -480,6 +484,7 @@ impl Wal {
         Ok(())
     }
 
+    /// The index of the last entry in the log (`first_index() - 1` when it holds none).
     pub fn last_index(&self) -> Index {
         self.last_index
     }
@@ -499,6 +504,7 @@ impl Wal {
         self.hard_state
     }
 
+    /// The log's counters.
     pub fn stats(&self) -> WalStats {
         self.stats
     }

@@ -153,12 +153,19 @@ impl fmt::Debug for ClusterToken {
 /// A decoded hello (frame 1).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Hello {
+    /// The cluster name, as bytes; the acceptor refuses a name other than its own.
     pub cluster: Vec<u8>,
+    /// The connecting node's id.
     pub from: NodeId,
+    /// The id of the node it means to reach.
     pub to: NodeId,
+    /// The connector's HTTP address as text, or empty if it announces none.
     pub http: Vec<u8>,
+    /// What the connection will carry: `0` messages, `1` one snapshot transfer.
     pub kind: u8,
+    /// Whether the connector authenticates with HMAC-SHA256 (it has a cluster token).
     pub auth: bool,
+    /// The connector's nonce: 32 bytes when `auth`, else empty.
     pub nonce: Vec<u8>,
 }
 
@@ -411,8 +418,11 @@ fn decode_challenge(buf: &[u8]) -> Result<(bool, Vec<u8>, Vec<u8>), String> {
 
 /// What an accepted handshake established.
 pub(super) struct Accepted {
+    /// The peer that connected.
     pub from: NodeId,
+    /// The HTTP address the peer announced, if it announced a usable one.
     pub http: Option<SocketAddr>,
+    /// What the connection carries: `0` messages, `1` one snapshot transfer.
     pub kind: u8,
 }
 

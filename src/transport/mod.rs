@@ -62,18 +62,27 @@ pub const WARN_WINDOW: Duration = Duration::from_secs(10);
 /// Transport settings.
 #[derive(Debug, Clone)]
 pub struct TransportConfig {
+    /// This node's id.
     pub node_id: NodeId,
+    /// The cluster name; peers with another name are refused. At most 255 bytes.
     pub cluster: String,
+    /// The address to accept peer connections on.
     pub listen: SocketAddr,
     /// Every other member's address (`:port` or `host:port`).
     pub peers: BTreeMap<NodeId, String>,
+    /// Messages queued per peer before [`Transport::send`] drops new ones.
     pub queue_len: usize,
+    /// Largest frame read from a peer after the handshake, in bytes; a larger one closes the connection.
     pub max_frame_size: usize,
+    /// How long to wait for an outbound TCP connection to be established.
     pub connect_timeout: Duration,
+    /// How long a write to a peer's socket may block before the connection counts as failed.
     pub write_timeout: Duration,
     /// An inbound connection silent this long is closed (heartbeats normally flow every tick).
     pub read_timeout: Duration,
+    /// The first pause before reconnecting to an unreachable peer; it doubles on each further failure.
     pub backoff_min: Duration,
+    /// The longest pause between reconnection attempts.
     pub backoff_max: Duration,
     /// This node's HTTP address, told to peers in the handshake so followers can name the leader's. An
     /// unspecified IP (`0.0.0.0`) is replaced, on the receiving side, by the IP the connection came from.
@@ -93,6 +102,8 @@ pub struct TransportConfig {
 }
 
 impl TransportConfig {
+    /// Settings for node `node_id` of `cluster`, listening on `listen`, with `peers`; everything else
+    /// takes its default (no token, no snapshot transfers, 64 MiB frames, 8192 queued messages per peer).
     pub fn new(
         node_id: NodeId,
         cluster: String,
@@ -124,7 +135,9 @@ impl TransportConfig {
 /// Why the transport could not start.
 #[derive(Debug)]
 pub enum TransportError {
+    /// The listener could not be bound to the address.
     Bind(SocketAddr, std::io::Error),
+    /// The configuration is unusable, or a thread could not be spawned; the text says why.
     Config(String),
 }
 
@@ -142,9 +155,13 @@ impl std::error::Error for TransportError {}
 /// Counters for one peer.
 #[derive(Debug, Default)]
 pub struct PeerStats {
+    /// Messages written to the peer's connection.
     pub sent: AtomicU64,
+    /// Messages dropped: the queue was full, the peer unreachable, or a write failed.
     pub dropped: AtomicU64,
+    /// Successful outbound connections (handshake included) to the peer.
     pub connects: AtomicU64,
+    /// Bytes written to the peer's connection, framing included.
     pub bytes: AtomicU64,
 }
 
@@ -375,6 +392,7 @@ impl Transport {
         }
     }
 
+    /// The address the listener is bound to (with the real port when `listen` asked for port 0).
     pub fn local_addr(&self) -> SocketAddr {
         self.local
     }
@@ -385,6 +403,7 @@ impl Transport {
         self.shared.refusals.total.load(Ordering::Relaxed)
     }
 
+    /// Each peer's counters, in id order.
     pub fn stats(&self) -> TransportStats {
         self.peers
             .iter()

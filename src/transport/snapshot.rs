@@ -47,7 +47,9 @@ pub fn incoming_path(dir: &Path, from: NodeId, index: Index) -> PathBuf {
 /// How a snapshot transfer ended, reported to the sending node.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct SnapshotSent {
+    /// The peer the snapshot was sent to.
     pub to: NodeId,
+    /// The last log index the snapshot covers.
     pub index: Index,
     /// The receiver has the whole file on its disk.
     pub ok: bool,
@@ -56,7 +58,9 @@ pub struct SnapshotSent {
 /// The snapshot being sent: the core's `InstallSnapshot` message and the file it names.
 #[derive(Debug, Clone)]
 pub struct OutgoingSnapshot {
+    /// The `InstallSnapshot` message to hand the receiver once the file has arrived; its `to` is the peer.
     pub message: Message,
+    /// The snapshot file to stream.
     pub path: PathBuf,
 }
 
