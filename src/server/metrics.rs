@@ -85,15 +85,25 @@ const BATCH_ENTRIES: &[u64] = &[0, 1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 
 /// What a request is counted under: the route it was meant for, from a fixed set.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Route {
+    /// The seed's `/set`.
     Set,
+    /// The seed's `/get`.
     Get,
+    /// The seed's `/delete`.
     Delete,
+    /// `GET /v1/kv/{key}`.
     KvGet,
+    /// `PUT /v1/kv/{key}`.
     KvPut,
+    /// `DELETE /v1/kv/{key}`.
     KvDelete,
+    /// `GET /v1/kv` (listing keys).
     KvList,
+    /// `/status`.
     Status,
+    /// `/health`.
     Health,
+    /// `/metrics`.
     Metrics,
     /// Unknown paths, and methods that no route takes on `/v1/kv`.
     Other,

@@ -156,10 +156,12 @@ impl Node {
         })
     }
 
+    /// The address the HTTP API actually listens on (the real port when the configuration asked for port 0).
     pub fn http_addr(&self) -> SocketAddr {
         self.http_addr
     }
 
+    /// The address the Raft transport actually listens on.
     pub fn raft_addr(&self) -> SocketAddr {
         self.raft_addr
     }
