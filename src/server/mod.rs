@@ -307,7 +307,9 @@ fn private_http_server(
 /// A node's Raft side, ready to run: data directory locked, storage recovered, core built, transport
 /// listening.
 pub(crate) struct Prepared<S: StateMachine> {
+    /// The node's configuration.
     pub cfg: NodeConfig,
+    /// The address the Raft transport actually listens on.
     pub raft_addr: SocketAddr,
     raft: Raft,
     wal: Wal,
