@@ -164,7 +164,10 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 /// One member of the cluster as given on the command line.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Member {
+    /// This member's Raft node id (at least 1, unique in the cluster).
     pub id: NodeId,
+    /// This member's Raft address as given: `host:port`, or `:port` (all interfaces when listening, this host
+    /// when connecting).
     pub raft_addr: String,
 }
 
@@ -262,11 +265,13 @@ fn resolve(addr: &str) -> Result<SocketAddr, String> {
 /// Everything a node needs to run.
 #[derive(Debug, Clone)]
 pub struct NodeConfig {
+    /// This node's Raft id; must be a key of `members`.
     pub id: NodeId,
     /// Raft address of every member, this node included, as given (`:port` or `host:port`).
     pub members: BTreeMap<NodeId, String>,
     /// Where the HTTP API listens.
     pub http_addr: SocketAddr,
+    /// The data directory: the WAL, snapshots and the lock file live here (created if missing).
     pub data_dir: PathBuf,
     /// Names the cluster in the peer handshake so two clusters on one host never talk to each other.
     pub cluster_name: String,
@@ -280,11 +285,17 @@ pub struct NodeConfig {
     pub min_free_bytes: u64,
     /// Whether clients reach tiny_http through the HTTP guard (the default) or directly.
     pub http_guard: bool,
+    /// Length of one Raft tick, the unit of the election and heartbeat timeouts (default 100 ms; must be
+    /// non-zero).
     pub tick: Duration,
+    /// Base election timeout in ticks; the actual timeout is drawn from `[election_ticks, 2 *
+    /// election_ticks)`. Must exceed `heartbeat_ticks`.
     pub election_ticks: u32,
+    /// A leader sends heartbeats every this many ticks (at least 1, below `election_ticks`).
     pub heartbeat_ticks: u32,
     /// How long a client request may wait for commit/apply before it gets 504.
     pub request_timeout: Duration,
+    /// Number of HTTP worker threads serving client requests (1 to 4096).
     pub http_threads: usize,
     /// Client connections served at once (the HTTP guard answers one more with 503).
     pub http_max_connections: usize,
@@ -294,6 +305,7 @@ pub struct NodeConfig {
     pub http_read_timeout: Duration,
     /// Largest accepted key and value (bytes).
     pub max_key_bytes: usize,
+    /// Largest accepted value, in bytes (default 1 MiB; at least 1).
     pub max_value_bytes: usize,
     /// Take a snapshot once this many entries were applied since the last one...
     pub snapshot_entries: u64,

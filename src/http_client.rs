@@ -16,12 +16,16 @@ const MAX_BODY: usize = 64 << 20;
 /// A response: status, headers (names lower-cased) and body.
 #[derive(Debug, Clone)]
 pub struct HttpResponse {
+    /// The HTTP status code.
     pub status: u16,
+    /// The response headers in the order received, as (lower-cased name, value) pairs.
     pub headers: Vec<(String, String)>,
+    /// The response body (empty if the response had none).
     pub body: Vec<u8>,
 }
 
 impl HttpResponse {
+    /// The value of the first header named `name` (compared case-insensitively), if any.
     pub fn header(&self, name: &str) -> Option<&str> {
         let name = name.to_ascii_lowercase();
         self.headers
@@ -30,6 +34,7 @@ impl HttpResponse {
             .map(|(_, v)| v.as_str())
     }
 
+    /// The body as text, with invalid UTF-8 sequences replaced by U+FFFD.
     pub fn text(&self) -> String {
         String::from_utf8_lossy(&self.body).into_owned()
     }
@@ -43,6 +48,8 @@ pub struct HttpClient {
 }
 
 impl HttpClient {
+    /// A client for the server at `addr`; `timeout` bounds the connect and each read and write. Connects
+    /// lazily, on the first request.
     pub fn new(addr: SocketAddr, timeout: Duration) -> Self {
         HttpClient {
             addr,
@@ -51,10 +58,12 @@ impl HttpClient {
         }
     }
 
+    /// The server address this client talks to.
     pub fn addr(&self) -> SocketAddr {
         self.addr
     }
 
+    /// Sends `GET path` without headers or body; see [`HttpClient::request`] for errors.
     pub fn get(&mut self, path: &str) -> std::io::Result<HttpResponse> {
         self.request("GET", path, &[], &[])
     }

@@ -43,6 +43,7 @@ impl<V: Clone> Default for ChunkedMap<V> {
 }
 
 impl<V: Clone> ChunkedMap<V> {
+    /// An empty map (one empty chunk).
     pub fn new() -> Self {
         let mut chunks = BTreeMap::new();
         chunks.insert(Vec::new(), Arc::new(Chunk::new()));
@@ -79,10 +80,12 @@ impl<V: Clone> ChunkedMap<V> {
         map
     }
 
+    /// Number of keys in the map.
     pub fn len(&self) -> usize {
         self.len
     }
 
+    /// Whether the map holds no keys.
     pub fn is_empty(&self) -> bool {
         self.len == 0
     }
@@ -99,6 +102,7 @@ impl<V: Clone> ChunkedMap<V> {
             .expect("the first chunk's bound is the empty key, below every key")
     }
 
+    /// The value stored under `key`, if any; never copies a chunk.
     pub fn get(&self, key: &[u8]) -> Option<&V> {
         self.chunk_of(key).1.get(key)
     }

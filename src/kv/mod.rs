@@ -52,13 +52,20 @@ pub enum Condition {
 /// A state machine command.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Command {
+    /// Store `value` under `key` if `cond` holds.
     Put {
+        /// The key to write.
         key: Vec<u8>,
+        /// The value to store.
         value: Vec<u8>,
+        /// The precondition on the key's current state.
         cond: Condition,
     },
+    /// Remove `key` if `cond` holds.
     Delete {
+        /// The key to remove.
         key: Vec<u8>,
+        /// The precondition on the key's current state.
         cond: Condition,
     },
 }
@@ -83,6 +90,8 @@ fn get_cond(r: &mut Reader) -> Result<Condition, DecodeError> {
 }
 
 impl Command {
+    /// Encodes the command as a log entry payload (the format in the module docs), without an idempotency
+    /// token.
     pub fn encode(&self) -> Vec<u8> {
         let mut w = Writer::new();
         w.u8(COMMAND_VERSION);
@@ -133,6 +142,8 @@ impl Command {
         }
     }
 
+    /// Decodes a command, discarding any idempotency token; errors on an unknown version or tag, a malformed
+    /// field, trailing bytes or a token that is empty or longer than [`MAX_TOKEN_BYTES`].
     pub fn decode(buf: &[u8]) -> Result<Command, DecodeError> {
         Ok(Self::decode_with_token(buf)?.1)
     }
@@ -187,11 +198,17 @@ impl Command {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ApplyResult {
     /// The command took effect at this index.
-    Ok { index: Index },
+    Ok {
+        /// The log index of the entry that applied it (for a repeated token, the first use's index).
+        index: Index,
+    },
     /// A delete of a key that does not exist.
     NotFound,
     /// The condition did not hold; nothing changed. Carries the key's current modify index (None: absent).
-    ConditionFailed { current: Option<Index> },
+    ConditionFailed {
+        /// The key's modify index, `None` if it does not exist.
+        current: Option<Index>,
+    },
     /// The entry did not hold a valid command.
     Invalid(String),
 }
@@ -204,7 +221,9 @@ fn order_index(key: &[u8]) -> Index {
 /// A stored value and the index of the entry that last wrote it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Versioned {
+    /// The stored bytes.
     pub value: Vec<u8>,
+    /// The log index of the entry that last wrote this key (used for ETags and compare-and-swap).
     pub modify_index: Index,
 }
 
@@ -225,6 +244,7 @@ pub struct KvStore {
 }
 
 impl KvStore {
+    /// An empty store with nothing applied (applied index 0).
     pub fn new() -> Self {
         Self::default()
     }
@@ -244,18 +264,22 @@ impl KvStore {
         self.applied = index;
     }
 
+    /// Number of keys stored.
     pub fn len(&self) -> usize {
         self.map.len()
     }
 
+    /// Whether no keys are stored.
     pub fn is_empty(&self) -> bool {
         self.map.is_empty()
     }
 
+    /// Total bytes of all keys and values stored.
     pub fn data_bytes(&self) -> usize {
         self.data_bytes
     }
 
+    /// The value and modify index stored under `key`, if any.
     pub fn get(&self, key: &[u8]) -> Option<&Versioned> {
         self.map.get(key)
     }

@@ -44,6 +44,8 @@ struct Target {
     id: NodeId,
 }
 
+/// Serves one `/v1/cluster…` request (`path` is the URL path); checks the admin token first on every method
+/// but `GET` and `HEAD`.
 pub(super) fn handle(
     req: &mut Request,
     path: &str,

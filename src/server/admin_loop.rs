@@ -25,6 +25,8 @@ use std::time::Instant;
 pub(super) const LEARNER_MAX_LAG: u64 = 1000;
 
 impl<S: StateMachine, R: Into<Request<S>>> RaftLoop<S, R> {
+    /// Proposes a membership change (leader only) and records the new member's addresses in the address book;
+    /// `reply` gets the outcome once the configuration entry is applied.
     pub(super) fn membership_request(
         &mut self,
         change: MembershipChange,

@@ -27,36 +27,51 @@ pub enum Consistency {
 
 /// A request from an HTTP worker to the Raft thread. The reply goes to a one-shot channel.
 pub enum ClientRequest {
+    /// Propose a key-value command; answered once it is committed and applied, or fails.
     Write {
+        /// The command to replicate.
         command: Command,
         /// The client's `Idempotency-Key`, if it sent one.
         token: Option<Vec<u8>>,
+        /// Where the outcome goes.
         reply: Sender<Result<WriteOk, ApiError>>,
     },
+    /// Read a key or a range at the given consistency.
     Read {
+        /// What to read.
         query: ReadQuery,
+        /// How fresh the answer must be.
         consistency: Consistency,
+        /// Where the answer goes.
         reply: Sender<Result<ReadOk, ApiError>>,
     },
+    /// This node's status as JSON (served by `/status`, also read by `/health`).
     Status {
+        /// Where the status goes.
         reply: Sender<serde_json::Value>,
     },
     /// A membership change (leader only; the HTTP layer forwards it to the leader). `addrs` are the new
     /// member's, for `AddLearner`. Answered once the configuration entry is applied.
     Membership {
+        /// The change to propose.
         change: crate::raft::MembershipChange,
+        /// The new member's addresses (for `AddLearner`), recorded in the address book.
         addrs: Option<super::cluster::Addrs>,
         /// Promote the learner automatically once it has caught up.
         auto_promote: bool,
+        /// Where the outcome goes (once the configuration entry is applied).
         reply: Sender<Result<WriteOk, ApiError>>,
     },
     /// Hand leadership to a voter (leader only). Answered when the transfer starts.
     Transfer {
+        /// The voter that should become leader.
         target: NodeId,
+        /// Where the outcome goes (once the transfer starts).
         reply: Sender<Result<(), ApiError>>,
     },
     /// The members, their addresses and, on the leader, their progress.
     Cluster {
+        /// Where the cluster description goes, as JSON.
         reply: Sender<serde_json::Value>,
     },
     /// Leave gracefully: a leader hands leadership over first; then the Raft thread stops.
@@ -66,11 +81,15 @@ pub enum ClientRequest {
 /// What a read looks at.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ReadQuery {
+    /// The value of one key.
     Get(Vec<u8>),
     /// Keys starting with `prefix`, strictly after `after`, at most `limit` of them.
     Scan {
+        /// Only keys starting with these bytes (empty: every key).
         prefix: Vec<u8>,
+        /// Only keys strictly greater than this one (the last key of the previous page).
         after: Option<Vec<u8>>,
+        /// At most this many keys.
         limit: usize,
     },
 }
@@ -81,7 +100,9 @@ pub type Item = (Vec<u8>, Vec<u8>, Index);
 /// A write that was committed and applied.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct WriteOk {
+    /// The log index of the write's entry (for a repeated idempotency token, the first use's index).
     pub index: Index,
+    /// The term of the write's entry.
     pub term: Term,
     /// For deletes: whether the key existed.
     pub found: bool,
@@ -94,9 +115,13 @@ pub struct ReadOk {
     pub value: Option<Vec<u8>>,
     /// For `Scan`: the keys found, in order, and whether more may follow.
     pub items: Vec<Item>,
+    /// For `Scan`: whether more keys match after the last one returned.
     pub more: bool,
+    /// For `Get`: the key's modify index (0 when the key does not exist).
     pub modify_index: Index,
+    /// The applied index of the state the read was served from.
     pub applied_index: Index,
+    /// This node's current term when the read was served.
     pub term: Term,
     /// How long ago this node last heard from the leader (zero on the leader; `None`: no leader known).
     pub leader_contact: Option<std::time::Duration>,
@@ -105,21 +130,28 @@ pub struct ReadOk {
 /// Why a request was not served.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ApiError {
+    /// The request is malformed or invalid (400).
     BadRequest(String),
+    /// The route does not take this method (405).
     MethodNotAllowed(String),
+    /// A key, value, URL or request body exceeds its limit (413).
     TooLarge(String),
+    /// No such key or route (404).
     NotFound(String),
     /// The request conflicts with the cluster's state (e.g. a membership change already under way).
     Conflict(String),
     /// A condition did not hold; nothing changed. The key's current modify index (None: absent).
     PreconditionFailed {
+        /// The key's current modify index, `None` if it does not exist.
         current: Option<Index>,
     },
     /// No leader is known; nothing was applied.
     NoLeader,
     /// The request reached a node that is not the leader; nothing was applied.
     NotLeader {
+        /// The leader's id, if this node knows one.
         leader: Option<NodeId>,
+        /// The leader's Raft address, if known.
         leader_addr: Option<String>,
         /// The leader's HTTP address, when it has announced it to this node.
         leader_http: Option<String>,
@@ -139,6 +171,7 @@ pub enum ApiError {
     InsufficientStorage(String),
     /// An admin route without the right bearer token (`--admin-token-file`); nothing changed.
     Unauthorized(String),
+    /// A bug or an unexpected failure (500); the message says what.
     Internal(String),
 }
 
@@ -165,6 +198,7 @@ impl ApiError {
         }
     }
 
+    /// A human-readable explanation for the client, including whether anything was applied.
     pub fn message(&self) -> String {
         match self {
             ApiError::PreconditionFailed { current } => match current {

@@ -18,17 +18,21 @@ use std::io::{Read, Write};
 /// A member's addresses.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Addrs {
+    /// The member's Raft (peer) address.
     pub raft: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    /// The member's HTTP address, once known.
     pub http: Option<String>,
 }
 
+/// Every member's addresses, by node id.
 pub type AddressBook = BTreeMap<NodeId, Addrs>;
 
 const MAGIC: &[u8; 8] = b"NIMBMEM1";
 /// The longest membership section a snapshot may start with.
 const MAX_SECTION: u32 = 16 << 20;
 
+/// Encodes the book as JSON, the context of a configuration entry (empty if encoding fails).
 pub fn encode_book(book: &AddressBook) -> Vec<u8> {
     serde_json::to_vec(book).unwrap_or_default()
 }

@@ -31,7 +31,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tiny_http::{Header, Method, Request, Response, Server};
 
+/// A response with an in-memory body, as every route builds it.
 pub(super) type HttpResponse = Response<Cursor<Vec<u8>>>;
+/// Decoded query parameters: (name, value) pairs in URL order.
 pub(super) type Params = [(String, Vec<u8>)];
 
 /// Serves requests until the server is unblocked (shutdown).
@@ -109,6 +111,7 @@ fn handle(
     result.unwrap_or_else(|e| error_response(&e))
 }
 
+/// The value of the first query parameter called `name`, if any.
 pub(super) fn param<'a>(params: &'a Params, name: &str) -> Option<&'a [u8]> {
     params
         .iter()
@@ -327,6 +330,7 @@ pub(super) fn idempotency_key(req: &Request) -> Result<Option<Vec<u8>>, ApiError
     Ok(Some(v.as_bytes().to_vec()))
 }
 
+/// Submits a write to the Raft thread and waits for its outcome (at most the request timeout plus a second).
 pub(super) fn write(
     command: Command,
     token: Option<Vec<u8>>,
@@ -345,6 +349,8 @@ pub(super) fn write(
     wait(rx, cfg)?
 }
 
+/// Queues a request for the Raft thread without blocking: `Busy` when the queue is full, `Internal` when the
+/// node is shutting down.
 pub(super) fn submit(to_raft: &Sender<ClientRequest>, req: ClientRequest) -> Result<(), ApiError> {
     match to_raft.try_send(req) {
         Ok(()) => Ok(()),
@@ -367,6 +373,7 @@ pub(super) fn wait<T>(rx: Receiver<T>, cfg: &NodeConfig) -> Result<T, ApiError> 
         })
 }
 
+/// A header; panics if `name` or `value` is not a valid header (callers pass fixed names).
 pub(super) fn header(name: &str, value: &str) -> Header {
     Header::from_bytes(name.as_bytes(), value.as_bytes()).expect("static header names are valid")
 }
@@ -381,6 +388,7 @@ fn text_response(status: u16, body: &str) -> HttpResponse {
         .with_header(header("Content-Type", "text/plain; charset=utf-8"))
 }
 
+/// A JSON response with this status (body: `v` and a newline; `Content-Type: application/json`).
 pub(super) fn json_response(status: u16, v: &serde_json::Value) -> HttpResponse {
     let mut body = serde_json::to_vec(v).unwrap_or_else(|_| b"{}".to_vec());
     body.push(b'\n');
@@ -389,6 +397,7 @@ pub(super) fn json_response(status: u16, v: &serde_json::Value) -> HttpResponse 
         .with_header(header("Content-Type", "application/json"))
 }
 
+/// The error's JSON response with its status, plus `Retry-After: 1` on 503 and `WWW-Authenticate` on 401.
 pub(super) fn error_response(e: &ApiError) -> HttpResponse {
     let (status, _) = e.status_and_code();
     let mut r = json_response(status, &e.to_json());
@@ -414,6 +423,7 @@ pub fn parse_query(q: &str) -> Result<Vec<(String, Vec<u8>)>, String> {
     Ok(out)
 }
 
+/// Percent-decodes `s` (`+` is a space); a `%` not followed by two hex digits is an error.
 pub(super) fn percent_decode(s: &str) -> Result<Vec<u8>, String> {
     let b = s.as_bytes();
     let mut out = Vec::with_capacity(b.len());

@@ -112,6 +112,7 @@ pub fn connection_cap(wanted: usize, fds: Option<u64>) -> usize {
 /// The guard's limits.
 #[derive(Debug, Clone)]
 pub struct GuardConfig {
+    /// Client connections served at once; one more is answered `503 busy` and closed.
     pub max_connections: usize,
     /// Longest request line (method, URL, version).
     pub max_line: usize,
@@ -119,6 +120,8 @@ pub struct GuardConfig {
     pub max_header_bytes: usize,
     /// Largest request body.
     pub max_body: u64,
+    /// A request head must arrive within this of its first byte, and a body must make progress at least this
+    /// often.
     pub read_timeout: Duration,
 }
 
@@ -165,6 +168,7 @@ impl Guard {
         })
     }
 
+    /// The address the guard actually listens on (the real port when `listen` asked for port 0).
     pub fn local_addr(&self) -> SocketAddr {
         self.local
     }

@@ -20,12 +20,14 @@ use std::io;
 /// The replicated key-value store, with the limits its snapshots are read with.
 #[derive(Debug, Clone)]
 pub(crate) struct KvMachine {
+    /// The store itself.
     pub kv: KvStore,
     max_key: usize,
     max_value: usize,
 }
 
 impl KvMachine {
+    /// An empty store whose snapshots are read with these key and value limits (bytes).
     pub(crate) fn new(max_key: usize, max_value: usize) -> Self {
         KvMachine {
             kv: KvStore::new(),

@@ -85,15 +85,25 @@ const BATCH_ENTRIES: &[u64] = &[0, 1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 
 /// What a request is counted under: the route it was meant for, from a fixed set.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Route {
+    /// The seed's `/set`.
     Set,
+    /// The seed's `/get`.
     Get,
+    /// The seed's `/delete`.
     Delete,
+    /// `GET /v1/kv/{key}`.
     KvGet,
+    /// `PUT /v1/kv/{key}`.
     KvPut,
+    /// `DELETE /v1/kv/{key}`.
     KvDelete,
+    /// `GET /v1/kv` (listing keys).
     KvList,
+    /// `/status`.
     Status,
+    /// `/health`.
     Health,
+    /// `/metrics`.
     Metrics,
     /// Unknown paths, and methods that no route takes on `/v1/kv`.
     Other,
@@ -316,17 +326,26 @@ pub struct Metrics {
     latency_slots: Box<[OnceLock<AtomicHistogram>]>,
 
     proposals: [Counter; 4],
+    /// Advances of this node's commit index since start (`raft_entries_committed`).
     pub(super) entries_committed: Counter,
+    /// Log entries applied to the state machine since start, no-ops included (`raft_entries_applied`).
     pub(super) entries_applied: Counter,
+    /// Time to write and fdatasync one WAL batch (`wal_fsync_duration_seconds`).
     pub(super) fsync_seconds: AtomicHistogram,
+    /// Log entries made durable by one fsync (`wal_fsync_entries`).
     pub(super) fsync_entries: AtomicHistogram,
+    /// Bytes written to the WAL since start (`wal_written_bytes`).
     pub(super) wal_written_bytes: Counter,
+    /// Pre-vote rounds this node started (`raft_elections_started{phase="pre_vote"}`).
     pub(super) pre_votes_started: Counter,
     elections_started: Counter,
     elections_won: Counter,
     leader_changes: Counter,
+    /// Ready cycles the Raft thread ran (`raft_ready_cycles`).
     pub(super) ready_cycles: Counter,
+    /// Client requests that waited past their deadline on the Raft thread (`raft_request_timeouts`).
     pub(super) request_timeouts: Counter,
+    /// Tokened writes proposed again after a leader change (`raft_write_retries`).
     pub(super) write_retries: Counter,
     term: Gauge,
     commit_index: Gauge,

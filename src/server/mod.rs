@@ -156,10 +156,12 @@ impl Node {
         })
     }
 
+    /// The address the HTTP API actually listens on (the real port when the configuration asked for port 0).
     pub fn http_addr(&self) -> SocketAddr {
         self.http_addr
     }
 
+    /// The address the Raft transport actually listens on.
     pub fn raft_addr(&self) -> SocketAddr {
         self.raft_addr
     }
@@ -305,7 +307,9 @@ fn private_http_server(
 /// A node's Raft side, ready to run: data directory locked, storage recovered, core built, transport
 /// listening.
 pub(crate) struct Prepared<S: StateMachine> {
+    /// The node's configuration.
     pub cfg: NodeConfig,
+    /// The address the Raft transport actually listens on.
     pub raft_addr: SocketAddr,
     raft: Raft,
     wal: Wal,

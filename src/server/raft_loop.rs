@@ -87,12 +87,19 @@ struct Pending<S: StateMachine> {
 /// Counters exposed on `/status`.
 #[derive(Default, Debug, Clone)]
 pub struct LoopStats {
+    /// Ready cycles run.
     pub turns: u64,
+    /// WAL syncs (write + fdatasync) that ready cycles required.
     pub syncs: u64,
+    /// Log entries made durable by those syncs.
     pub entries_persisted: u64,
+    /// Most entries made durable by one sync.
     pub max_batch: u64,
+    /// Writes answered as committed and applied.
     pub writes_ok: u64,
+    /// Reads released once the applied index reached their read index.
     pub reads_ok: u64,
+    /// Requests failed with `Timeout` because their deadline passed.
     pub timeouts: u64,
     /// Tokened writes proposed again after a leader change.
     pub retries: u64,
@@ -103,15 +110,23 @@ pub struct LoopStats {
 /// The Raft thread's state, generic over the state machine `S` and over what clients send (`R`: the
 /// HTTP layer's `ClientRequest` for the key-value server, `Request<S>` itself for an embedded node).
 pub struct RaftLoop<S: StateMachine, R> {
+    /// The node's configuration.
     pub(super) cfg: NodeConfig,
+    /// The Raft core.
     pub(super) raft: Raft,
+    /// The write-ahead log the core's entries and hard state are persisted to.
     pub(super) wal: Wal,
+    /// Connections to the peers.
     pub(super) transport: Transport,
+    /// The replicated state machine.
     pub(super) sm: S,
     /// The index of the last entry applied to `sm` (commands and entries without one alike).
     pub(super) applied: Index,
+    /// Messages from the peers.
     pub(super) peer_rx: Receiver<Message>,
+    /// Requests from clients (HTTP workers or an embedding program).
     pub(super) client_rx: Receiver<R>,
+    /// A message here stops the loop.
     pub(super) shutdown_rx: Receiver<()>,
     next_request: u64,
     pending: HashMap<u64, Pending<S>>,

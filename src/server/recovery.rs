@@ -18,11 +18,16 @@ use crate::storage::SnapshotStore;
 use crate::storage::{Wal, WalOptions};
 use log::{info, warn};
 
+/// What [`recover`] found in the data directory: the WAL, the core's initial state, the state machine and the
+/// snapshot store.
 pub(super) struct Recovered<S> {
+    /// The opened write-ahead log.
     pub wal: Wal,
+    /// The state the Raft core starts from.
     pub init: InitialState,
     /// The state machine as of `init.snapshot_index` (restored from that snapshot, or as given).
     pub sm: S,
+    /// The snapshot directory.
     pub store: SnapshotStore,
 }
 

@@ -15,7 +15,9 @@ use std::time::Duration;
 /// A proposal's entry was committed (in the term it was appended in) and applied.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Committed<O> {
+    /// The entry's log index.
     pub index: Index,
+    /// The term the entry was appended and committed in.
     pub term: Term,
     /// What applying the command gave; `None` for an entry without a command (a membership change).
     pub output: Option<O>,
@@ -24,7 +26,9 @@ pub(crate) struct Committed<O> {
 /// Where a read was served: the applied index it saw, the term, and how fresh the leader contact is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct ReadMeta {
+    /// The applied index of the state the read saw.
     pub applied_index: Index,
+    /// This node's current term when the read was served.
     pub term: Term,
     /// How long ago this node last heard from the leader (zero on the leader; `None`: no leader known).
     pub leader_contact: Option<Duration>,

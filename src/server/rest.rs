@@ -30,6 +30,7 @@ use tiny_http::{Method, Request, Response};
 const DEFAULT_LIMIT: usize = 100;
 const MAX_LIMIT: usize = 1000;
 
+/// Serves one `/v1/kv…` request (`path` is the URL path, `params` its decoded query).
 pub(super) fn handle(
     req: &mut Request,
     path: &str,

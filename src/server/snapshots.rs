@@ -37,21 +37,32 @@ pub(crate) type Taken = Result<(Index, u64, Duration), String>;
 /// Counters for `/status`.
 #[derive(Debug, Default, Clone)]
 pub(crate) struct SnapshotStats {
+    /// Snapshots this node wrote.
     pub taken: u64,
+    /// Snapshots that failed to be written.
     pub failed: u64,
+    /// Snapshots received from a leader and installed.
     pub installed: u64,
+    /// Snapshots sent to followers.
     pub sent: u64,
+    /// Snapshot sends to followers that failed.
     pub send_failures: u64,
+    /// Index of the newest snapshot written or installed (at start, the one recovered).
     pub last_index: Index,
+    /// Size in bytes of the last snapshot this node wrote.
     pub last_size: u64,
     /// How long the Raft thread stopped to copy the state machine for the last snapshot.
     pub last_pause: Duration,
     /// How long the background thread took to write it.
     pub last_write: Duration,
+    /// WAL segment files deleted by compaction after a snapshot.
     pub segments_removed: u64,
 }
 
+/// The Raft thread's snapshot bookkeeping: the store, the newest snapshot, and the channels the background
+/// writer and senders report on.
 pub(crate) struct Snapshots {
+    /// The snapshot directory.
     pub store: SnapshotStore,
     /// Index of the newest durable snapshot (0: none).
     pub last: Index,
@@ -59,17 +70,23 @@ pub(crate) struct Snapshots {
     wal_bytes_at_last: u64,
     taking: bool,
     failed_at: Option<Instant>,
+    /// Where the background thread reports a snapshot it wrote (capacity 1: one snapshot at a time).
     pub taken_tx: Sender<Taken>,
+    /// Where the Raft thread hears of snapshots written.
     pub taken_rx: Receiver<Taken>,
+    /// Where a snapshot sender reports the end of a transfer to a follower.
     pub sent_tx: Sender<SnapshotSent>,
+    /// Where the Raft thread hears of finished transfers.
     pub sent_rx: Receiver<SnapshotSent>,
     sending: BTreeSet<NodeId>,
     /// A verified snapshot from the leader whose `InstallSnapshot` the core is looking at.
     incoming: Option<(Index, PathBuf)>,
+    /// Counters for `/status`.
     pub stats: SnapshotStats,
 }
 
 impl Snapshots {
+    /// Bookkeeping for `store`, whose newest durable snapshot is at `last` (0: none).
     pub(crate) fn new(store: SnapshotStore, last: Index) -> Snapshots {
         let (taken_tx, taken_rx) = crossbeam_channel::bounded(1);
         let (sent_tx, sent_rx) = crossbeam_channel::unbounded();
@@ -300,6 +317,7 @@ impl<S: StateMachine, R: Into<Request<S>>> RaftLoop<S, R> {
         Ok(())
     }
 
+    /// The snapshot part of `/status`: the counters, the last snapshot, and what is being written or sent.
     pub(super) fn snapshot_status(&self) -> serde_json::Value {
         let st = &self.snaps.stats;
         serde_json::json!({

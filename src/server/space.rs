@@ -58,6 +58,8 @@ pub struct SpaceWatch {
 }
 
 impl SpaceWatch {
+    /// A watch for node `id` (used in log lines) over the file system holding `dir`, with a reserve of
+    /// `min_free` bytes (0: the check is off). Nothing is measured until the first [`SpaceWatch::check`].
     pub fn new(id: u64, dir: PathBuf, min_free: u64) -> SpaceWatch {
         SpaceWatch {
             id,
@@ -77,6 +79,7 @@ impl SpaceWatch {
         self.min_free
     }
 
+    /// The state found by the last measurement, without measuring.
     pub fn space(&self) -> Space {
         self.space
     }
