@@ -103,7 +103,9 @@ struct Member {
 /// What one node's `/status` says about the leader.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct View {
+    /// The node's current term (0 if `/status` did not say).
     pub term: u64,
+    /// The id of the leader the node knows in that term, if any.
     pub leader: Option<u64>,
 }
 

@@ -29,9 +29,13 @@ pub enum Parsed {
     /// A whole response: its status, body length, total length in the buffer, and whether the server said
     /// `Connection: close` (or the body was delimited by the close itself).
     Complete {
+        /// The status code, 100 to 599.
         status: u16,
+        /// Length of the body in bytes (decoded length for a chunked body).
         body_len: usize,
+        /// Bytes of `buf` the whole response takes, head and body (and chunk framing) included.
         consumed: usize,
+        /// Whether the connection must be closed after this response.
         close: bool,
     },
 }
@@ -184,7 +188,9 @@ fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
 /// A response as the bench sees it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Response {
+    /// The HTTP status code.
     pub status: u16,
+    /// Length of the body in bytes; the body itself is not kept.
     pub body_len: usize,
 }
 
@@ -199,6 +205,8 @@ pub struct Conn {
 }
 
 impl Conn {
+    /// A connection to `addr`, not opened yet (the first [`Conn::send`] connects); `timeout` bounds every
+    /// connect, read and write.
     pub fn new(addr: SocketAddr, timeout: Duration) -> Conn {
         Conn {
             addr,
@@ -209,6 +217,7 @@ impl Conn {
         }
     }
 
+    /// The address this connection goes to.
     pub fn addr(&self) -> SocketAddr {
         self.addr
     }

@@ -66,6 +66,7 @@ fn highest(i: usize) -> u64 {
 }
 
 impl Histogram {
+    /// An empty histogram.
     pub fn new() -> Self {
         Histogram {
             counts: Box::new([0; BUCKETS]),
@@ -76,6 +77,7 @@ impl Histogram {
         }
     }
 
+    /// Counts one value `v` (nanoseconds, for the bench's latencies); never allocates.
     pub fn record(&mut self, v: u64) {
         self.counts[index(v)] += 1;
         self.count += 1;
@@ -95,6 +97,7 @@ impl Histogram {
         self.max = self.max.max(other.max);
     }
 
+    /// Number of values recorded.
     pub fn count(&self) -> u64 {
         self.count
     }

@@ -54,16 +54,22 @@ pub enum Api {
 /// What the connections do.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Workload {
+    /// Writes only, to random keys of the key space (or to fresh keys with `--unique-keys`).
     Write,
+    /// Reads only, of random keys of the (preloaded) key space.
     Read,
+    /// Reads and writes, each operation a read with probability `--read-percent` (default 50).
     Mixed,
 }
 
 /// Read consistency asked of the server.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Consistency {
+    /// Through the read index: sees every write acknowledged before the read began (etcd v2: `quorum=true`).
     Linearizable,
+    /// From the leader's lease when it holds one, else like `Linearizable` (Hash Nimbus only).
     Lease,
+    /// The contacted node's local state, possibly behind (etcd v2: a plain GET).
     Stale,
 }
 
@@ -96,20 +102,35 @@ names!(Consistency, "consistency", "linearizable" => Consistency::Linearizable,
 /// The flags as given, before validation (what `main.rs` parses).
 #[derive(Debug, Clone)]
 pub struct Flags {
+    /// `--target`: servers as `host:port` (optionally `http://`-prefixed); must resolve to loopback.
     pub targets: Vec<String>,
+    /// `--api`: which HTTP API the targets speak.
     pub api: Api,
+    /// `--workload`: reads, writes or a mix.
     pub workload: Workload,
+    /// `--consistency`: read consistency; `None` means linearizable. Rejected for the write workload.
     pub consistency: Option<Consistency>,
+    /// `--read-percent`: share of reads, 0..=100, mixed workload only; `None` means 50.
     pub read_percent: Option<u64>,
+    /// `--connections`: concurrent connections (one thread each), 1..=[`MAX_CONNECTIONS`].
     pub connections: usize,
+    /// `--duration`: length of the measured window in seconds, 0.1..=3600.
     pub duration_secs: f64,
+    /// `--warmup`: seconds of unrecorded load before the window, 0..=600.
     pub warmup_secs: f64,
+    /// `--keys`: size of the key space, 1..=[`MAX_KEYS`].
     pub keys: u64,
+    /// `--value-size`: bytes per written value, 1..=[`MAX_VALUE`].
     pub value_size: usize,
+    /// `--unique-keys`: every write goes to a key never written before (write and mixed workloads only).
     pub unique_keys: bool,
+    /// `--no-preload`: skip writing the key space before a read or mixed run.
     pub no_preload: bool,
+    /// `--timeout-ms`: timeout of every connect, read and write, in milliseconds, 1..=60000.
     pub timeout_ms: u64,
+    /// `--key-prefix`: prefix of every key, 1-100 characters of `A-Z a-z 0-9 - _ .`.
     pub key_prefix: String,
+    /// `--seed`: seed of the per-connection random key and read/write choices.
     pub seed: u64,
 }
 
@@ -138,26 +159,43 @@ impl Default for Flags {
 /// A validated run description.
 #[derive(Debug, Clone)]
 pub struct BenchConfig {
+    /// The servers, all loopback; connection `i` goes to `targets[i % targets.len()]`.
     pub targets: Vec<SocketAddr>,
+    /// Which HTTP API the targets speak.
     pub api: Api,
+    /// What the connections do.
     pub workload: Workload,
+    /// Read consistency asked of the server (linearizable unless given).
     pub consistency: Consistency,
     /// Percentage of reads (100 for `read`, 0 for `write`).
     pub read_percent: u64,
+    /// Number of connections, each on its own thread; 1..=[`MAX_CONNECTIONS`].
     pub connections: usize,
+    /// Length of the measured window.
     pub duration: Duration,
+    /// Unrecorded load before the measured window.
     pub warmup: Duration,
+    /// Size of the key space: keys are the prefix followed by `0..keys`, zero-padded to 8 digits.
     pub keys: u64,
+    /// Bytes per written value.
     pub value_size: usize,
+    /// Whether every write goes to a fresh key instead of one of the key space.
     pub unique_keys: bool,
+    /// Whether the key space is written once before the run (read and mixed workloads, unless `--no-preload`).
     pub preload: bool,
+    /// Timeout of every connect, read and write.
     pub timeout: Duration,
+    /// Prefix of every key.
     pub key_prefix: String,
+    /// Seed of the per-connection random number generators.
     pub seed: u64,
 }
 
+/// Most connections a run may open (`--connections`).
 pub const MAX_CONNECTIONS: usize = 1024;
+/// Largest key space a run may use (`--keys`).
 pub const MAX_KEYS: u64 = 10_000_000;
+/// Largest value a run may write, in bytes (`--value-size`): 1 MiB.
 pub const MAX_VALUE: usize = 1 << 20;
 /// The whole preload must finish within this.
 pub const PRELOAD_DEADLINE: Duration = Duration::from_secs(300);
@@ -394,9 +432,13 @@ enum Key {
 /// What one connection measured.
 #[derive(Debug, Clone, Default)]
 pub struct Measured {
+    /// Latencies of successful (2xx) reads started in the measured window, in nanoseconds.
     pub reads: Histogram,
+    /// Latencies of successful (2xx) writes started in the measured window, in nanoseconds.
     pub writes: Histogram,
+    /// Failed operations started in the measured window, by kind (`http <status>`, `io <ErrorKind>`).
     pub errors: BTreeMap<String, u64>,
+    /// Connections opened during warmup and measurement (reconnects after errors or closes).
     pub connects: u64,
 }
 
@@ -572,11 +614,15 @@ impl Worker {
 /// Everything a run produced; see [`report`] for its rendering.
 #[derive(Debug, Clone)]
 pub struct Outcome {
+    /// The configuration the run used.
     pub cfg: BenchConfig,
+    /// Every connection's measurements, merged.
     pub measured: Measured,
     /// The measured window's length.
     pub window: Duration,
+    /// Keys written by the preload (0 without one).
     pub preloaded: u64,
+    /// How long the preload took (near zero without one).
     pub preload_time: Duration,
     /// CPU time (user + system) of this process over warmup and measurement, if known.
     pub client_cpu: Option<Duration>,

@@ -39,18 +39,29 @@ pub enum Op {
     Read(Option<u64>),
     /// Removed the key. `existed`: `Some(true)` if it removed a value (200), `Some(false)` if the key was
     /// already absent (404), `None` if the answer does not say.
-    Delete { existed: Option<bool> },
+    Delete {
+        /// Whether a value was there to remove, if the answer says (see the variant).
+        existed: Option<bool>,
+    },
     /// Compare-and-swap: if the register holds `expect`, replace it with `new` (`None`: a conditional
     /// delete). `ok`: the swap happened (200); `false`: the register did not hold `expect` (412), nothing
     /// changed.
     Cas {
+        /// The value the register must hold for the swap to happen.
         expect: u64,
+        /// The value written on success; `None` deletes the key.
         new: Option<u64>,
+        /// Whether the server answered that the swap happened (200) rather than 412.
         ok: bool,
     },
     /// Create-only write: if the key is absent, write `new`. `ok`: it was created (200); `false`: the key
     /// existed (412), nothing changed.
-    Create { new: u64, ok: bool },
+    Create {
+        /// The value written if the key is absent.
+        new: u64,
+        /// Whether the server answered that the key was created (200) rather than 412.
+        ok: bool,
+    },
 }
 
 impl Op {
@@ -67,19 +78,26 @@ impl Op {
 /// One operation of a history. Times are any monotonic clock; `complete = None` means unknown outcome.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Operation {
+    /// What the operation did, as far as its answer tells.
     pub op: Op,
+    /// When the operation was invoked, on the history's clock.
     pub invoke: u64,
+    /// When its answer arrived; `None` if the outcome is unknown (completes at +∞). A time not after
+    /// `invoke` is taken as `invoke + 1`.
     pub complete: Option<u64>,
 }
 
 /// The checker's answer.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Verdict {
+    /// A linearization exists: the history is consistent with a single atomic register.
     Linearizable,
     /// No linearization exists. `longest` is the longest linearizable prefix found (indexes into the input),
     /// and `stuck` the operations that could not be placed after it: the place to look.
     NotLinearizable {
+        /// The longest linearizable prefix found, as indexes into the input, in linearization order.
         longest: Vec<usize>,
+        /// Indexes of operations not in `longest` (at most 8, in input order).
         stuck: Vec<usize>,
     },
     /// The search gave up after too many steps.

@@ -26,25 +26,34 @@ pub struct Counts {
     pub ok: usize,
     /// Of the `ok` writes: those that changed nothing (412, or 404 for a delete).
     pub refused: usize,
+    /// Definite failures: nothing applied, nothing observed (not checked).
     pub failed: usize,
+    /// Writes whose outcome is unknown (timeouts, resets, ...), checked as possibly applied.
     pub indeterminate: usize,
 }
 
 /// What a checked history amounts to.
 #[derive(Debug, Clone)]
 pub struct Report {
+    /// Records with a definite answer ([`Outcome::Ok`]), all kinds together.
     pub ok: usize,
+    /// Records that definitely failed ([`Outcome::Failed`]).
     pub failed: usize,
+    /// Records whose outcome is unknown ([`Outcome::Indeterminate`]).
     pub indeterminate: usize,
+    /// Keys with a history to check.
     pub keys: usize,
     /// Operations given to the checker (ok ones and indeterminate writes).
     pub checked: usize,
     /// 412 answers checked as reads, their `current_index` being known (the others stay failed conditions).
     pub refusals_as_reads: usize,
+    /// The outcome counts per kind of request.
     pub by_kind: BTreeMap<Kind, Counts>,
     /// One entry per key whose history is not linearizable (or could not be checked), and one per answer
     /// that contradicts another about modify indexes.
     pub violations: Vec<String>,
+    /// Final reads that returned a value an acknowledged change had replaced before the read began
+    /// (invoked after that value's write completed, completed before the read was invoked).
     pub lost_writes: usize,
 }
 

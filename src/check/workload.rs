@@ -32,8 +32,12 @@ use std::time::{Duration, Instant};
 /// How an operation ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Outcome {
+    /// A definite answer, recorded with what it observed (200, a 404 read or delete, a 412).
     Ok,
+    /// Guaranteed not applied and observed nothing (e.g. 503 `not_leader`, a refused connection), or a
+    /// read without an answer.
     Failed,
+    /// A write that may or may not have taken effect (timeout, 504, 503 `leader_changed`, a reset).
     Indeterminate,
 }
 
@@ -90,6 +94,7 @@ pub enum Kind {
 }
 
 impl Kind {
+    /// A short name of the request (`"/set"`, `"PUT If-Match"`, ...), for reports.
     pub fn label(self) -> &'static str {
         match self {
             Kind::SeedSet => "/set",
@@ -128,16 +133,24 @@ pub enum IndexSeen {
 /// One recorded operation.
 #[derive(Debug, Clone)]
 pub struct Record {
+    /// The client's process id; a client takes a new one after an indeterminate operation, and the final
+    /// reads use [`super::FINAL_READ_PROCESS`].
     pub process: u64,
+    /// Index into [`WorkloadConfig::nodes`] of the node the request went to.
     pub node: usize,
+    /// The key operated on.
     pub key: String,
+    /// The kind of request made.
     pub kind: Kind,
     /// The operation with what its answer observed (meaningless unless the outcome is ok).
     pub op: Op,
+    /// How the operation ended.
     pub outcome: Outcome,
     /// Nanoseconds since the run started.
     pub invoke: u64,
+    /// Nanoseconds since the run started when the answer (or error) came back.
     pub complete: u64,
+    /// The modify index the answer named, if any.
     pub index: IndexSeen,
     /// Status code or error text (and the `If-Match` index sent), for reports.
     pub detail: String,
@@ -146,18 +159,24 @@ pub struct Record {
 /// Workload settings.
 #[derive(Debug, Clone)]
 pub struct WorkloadConfig {
+    /// HTTP addresses of the cluster's nodes; each operation goes to one picked at random.
     pub nodes: Vec<SocketAddr>,
+    /// Number of concurrent client threads.
     pub clients: usize,
+    /// Number of keys operated on.
     pub keys: usize,
     /// Keys are `<key_prefix><n>` for n in `0..keys`. The checker assumes every key starts absent, so a run
     /// against a cluster that already holds data needs a prefix no earlier run used.
     pub key_prefix: String,
+    /// How long the clients run, from [`Run::start`].
     pub duration: Duration,
     /// Per-request timeout (a request over it is indeterminate).
     pub timeout: Duration,
     /// Percentage of operations that are writes (deletes and conditional writes included).
     pub write_percent: u64,
+    /// Which routes the clients use.
     pub mix: Mix,
+    /// Seed of the clients' random choices (node, key, kind of request).
     pub seed: u64,
     /// Hard cap on operations per client.
     pub max_ops_per_client: u64,
@@ -182,8 +201,11 @@ impl Default for WorkloadConfig {
 
 /// Shared state of a run: the history, a stop flag, and what the clients know of each key.
 pub struct Run {
+    /// When the run began; record times are nanoseconds since this.
     pub start: Instant,
+    /// Every operation recorded so far, in the order they completed.
     pub records: Mutex<Vec<Record>>,
+    /// Set to make the clients stop before their next operation.
     pub stop: AtomicBool,
     next_process: AtomicU64,
     /// Key -> (highest modify index seen in an ok answer, the value written at that index).
@@ -191,6 +213,7 @@ pub struct Run {
 }
 
 impl Run {
+    /// A run starting now, with no records.
     pub fn new() -> Arc<Run> {
         Arc::new(Run {
             start: Instant::now(),
@@ -201,6 +224,7 @@ impl Run {
         })
     }
 
+    /// Nanoseconds since [`Run::start`].
     pub fn now(&self) -> u64 {
         self.start.elapsed().as_nanos() as u64
     }
