@@ -89,6 +89,9 @@
 //! - [`config`]: flags and their validation; [`codec`]: the binary encoding; [`http_client`]: a small
 //!   blocking HTTP client for tools and tests;
 //! - [`check`]: a linearizability checker and its workload; [`mod@bench`]: the `nimbus bench` load generator.
+// Every public item is documented; CI (clippy and rustdoc with -D warnings) keeps it so.
+#![warn(missing_docs)]
+
 pub mod bench;
 pub mod check;
 pub mod codec;
