@@ -24,7 +24,8 @@
 //! - Responses are copied back verbatim. Errors answered here are JSON like the API's and are not counted
 //!   in `/metrics` (they never reach a worker).
 //! - Accept errors are logged (at most once per 5 s) and retried after a pause; they never stop the guard.
-//! - Worst-case memory for request heads: `max_connections` × (`max_line` + `max_header_bytes`).
+//! - Worst-case memory for request heads: `max_connections` × (`max_line` + `max_header_bytes`), plus two
+//!   `CHUNK` (16 KiB) buffers (reading, copying answers) per open connection, allocated once per connection.
 //! - Each client connection holds about [`FDS_PER_CONNECTION`] file descriptors (its socket, the socket to
 //!   tiny_http, their clones and tiny_http's); [`connection_cap`] lowers `max_connections` to what the
 //!   open-file limit allows, so a flood runs into the guard's 503, never into EMFILE (which would end
@@ -49,7 +50,9 @@ pub const BODY_TIMEOUT_FACTOR: u32 = 6;
 const HANDOFF_WAIT: Duration = Duration::from_secs(1);
 /// How often blocked reads wake up to check deadlines and shutdown.
 const POLL: Duration = Duration::from_millis(250);
-const CHUNK: usize = 64 * 1024;
+/// Size of the per-connection scratch buffer for reading heads and bodies, and of the copier's buffer.
+/// Allocated once per connection, never per request.
+const CHUNK: usize = 16 * 1024;
 /// After an error answer, input is discarded for at most this long...
 const LINGER: Duration = Duration::from_secs(2);
 /// ...or this many bytes.
@@ -357,9 +360,10 @@ fn serve(sh: &Shared, mut client: TcpStream) {
         return;
     }
     let mut buf: Vec<u8> = Vec::with_capacity(4096);
+    let mut scratch = vec![0u8; CHUNK];
     let mut backend: Option<Backend> = None;
     let refusal = loop {
-        let (head_len, body_len) = match read_head(sh, &mut client, &mut buf) {
+        let (head_len, body_len) = match read_head(sh, &mut client, &mut buf, &mut scratch) {
             Ok(Some(h)) => h,
             Ok(None) => break None,
             Err(r) => break Some(r),
@@ -382,16 +386,23 @@ fn serve(sh: &Shared, mut client: TcpStream) {
         let Some(b) = backend.as_mut() else {
             break None;
         };
-        let head: Vec<u8> = buf.drain(..head_len).collect();
-        if b.stream.write_all(&head).is_err() {
+        if b.stream.write_all(&buf[..head_len]).is_err() {
             break None;
         }
+        buf.drain(..head_len);
         // Released before the body: a slow body must not hold up other connections.
         if let Some(lock) = handoff.take() {
             b.wait_taken(sh);
             drop(lock);
         }
-        match forward_body(sh, &mut client, &mut b.stream, &mut buf, body_len) {
+        match forward_body(
+            sh,
+            &mut client,
+            &mut b.stream,
+            &mut buf,
+            body_len,
+            &mut scratch,
+        ) {
             Ok(true) => {}
             Ok(false) => break None,
             Err(r) => break Some(r),
@@ -469,6 +480,7 @@ fn read_head(
     sh: &Shared,
     client: &mut TcpStream,
     buf: &mut Vec<u8>,
+    chunk: &mut [u8],
 ) -> Result<Option<(usize, u64)>, Refusal> {
     let cfg = &sh.cfg;
     let waiting_since = Instant::now();
@@ -476,7 +488,6 @@ fn read_head(
     // Bytes already searched, and where the request line ends: each byte is searched about once.
     let mut scanned: usize = 0;
     let mut line_end = None;
-    let mut chunk = vec![0u8; CHUNK];
     loop {
         let from = scanned.saturating_sub(3);
         if let Some(end) = find(&buf[from..], b"\r\n\r\n") {
@@ -496,7 +507,7 @@ fn read_head(
         // Never read past what the caps allow.
         let room = (cfg.max_line + cfg.max_header_bytes + 4)
             .saturating_sub(buf.len())
-            .clamp(1, CHUNK);
+            .clamp(1, chunk.len());
         match client.read(&mut chunk[..room]) {
             Ok(0) => return Ok(None),
             Ok(n) => {
@@ -646,6 +657,7 @@ fn forward_body(
     backend: &mut UnixStream,
     buf: &mut Vec<u8>,
     len: u64,
+    chunk: &mut [u8],
 ) -> Result<bool, Refusal> {
     let cfg = &sh.cfg;
     let have = (buf.len() as u64).min(len) as usize;
@@ -656,12 +668,13 @@ fn forward_body(
     let mut remaining = len - have as u64;
     let deadline = Instant::now() + cfg.read_timeout * BODY_TIMEOUT_FACTOR;
     let mut progress = Instant::now();
-    let mut chunk = vec![0u8; CHUNK];
     while remaining > 0 {
         if sh.stop.load(Ordering::SeqCst) {
             return Ok(false);
         }
-        let want = (remaining as usize).min(CHUNK);
+        let want = usize::try_from(remaining)
+            .unwrap_or(usize::MAX)
+            .min(chunk.len());
         match client.read(&mut chunk[..want]) {
             Ok(0) => return Ok(false),
             Ok(n) => {
