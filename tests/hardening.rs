@@ -282,46 +282,12 @@ fn a_full_disk_stops_the_node_and_a_restart_keeps_every_acknowledged_write() {
     c.spawn(0);
     c.wait_leader(ELECTION);
 
-    let stop = Arc::new(AtomicBool::new(false));
-    let acked = Arc::new(Mutex::new(BTreeMap::new()));
-    let answers = Arc::new(Mutex::new(Vec::new()));
-    let addr = c.http_addr(0);
     let value = "x".repeat(8 << 10);
-    let writers: Vec<_> = (0..4)
-        .map(|w| {
-            let (stop, acked, answers, value) =
-                (stop.clone(), acked.clone(), answers.clone(), value.clone());
-            std::thread::spawn(move || {
-                let mut client = HttpClient::new(addr, Duration::from_secs(10));
-                for n in 0..1000 {
-                    if stop.load(Ordering::Relaxed) {
-                        break;
-                    }
-                    let key = format!("w{w}-{n}");
-                    let started = Instant::now();
-                    match client.get(&format!("/set?key={key}&value={value}")) {
-                        Ok(r) => {
-                            if r.status == 200 {
-                                acked.lock().unwrap().insert(key, n);
-                            }
-                            answers
-                                .lock()
-                                .unwrap()
-                                .push((r.status, r.text(), started.elapsed()));
-                        }
-                        Err(_) => std::thread::sleep(Duration::from_millis(20)),
-                    }
-                }
-            })
-        })
-        .collect();
-    let child = c.nodes[0].child.as_mut().unwrap();
-    let code = wait_exit(child, Duration::from_secs(60));
-    stop.store(true, Ordering::Relaxed);
-    for w in writers {
-        w.join().unwrap();
-    }
-    c.nodes[0].child = None;
+    let WriteRun {
+        code,
+        acked,
+        answers,
+    } = write_until_exit(&mut c, &value, 1000);
     let log = c.logs(0);
     assert_eq!(
         code,
@@ -333,7 +299,6 @@ fn a_full_disk_stops_the_node_and_a_restart_keeps_every_acknowledged_write() {
         "a clear fatal line naming the full disk; log:\n{log}"
     );
     assert!(log.contains("free space"), "{log}");
-    let answers = answers.lock().unwrap().clone();
     let failed: Vec<_> = answers.iter().filter(|a| a.0 != 200).collect();
     assert!(
         failed
@@ -351,7 +316,6 @@ fn a_full_disk_stops_the_node_and_a_restart_keeps_every_acknowledged_write() {
         slowest < Duration::from_secs(4),
         "an answer took {slowest:?}: requests must not hang"
     );
-    let acked = acked.lock().unwrap().clone();
     assert!(
         acked.len() >= 20,
         "only {} writes acknowledged",
@@ -502,18 +466,86 @@ fn a_failed_fsync_stops_the_node_and_acknowledged_writes_survive() {
     c.nodes[0].data_dir = disk.mnt.join("data");
     c.spawn(0);
     c.wait_leader(ELECTION);
+    let value = "y".repeat(8 << 10);
+    let WriteRun {
+        code,
+        acked,
+        answers,
+    } = write_until_exit(&mut c, &value, 2000);
+    let log = c.logs(0);
+    assert_eq!(
+        code,
+        Some(1),
+        "the node must exit with status 1; log:\n{log}"
+    );
+    // The loop driver reports the backing store's exhaustion as ENOSPC; a dying disk gives EIO.
+    assert!(
+        log.contains("FATAL: WAL sync (write + fdatasync) failed: fdatasync")
+            && (log.contains("os error 5") || log.contains("os error 28")),
+        "a FATAL line naming the failed fdatasync; log:\n{log}"
+    );
+    assert!(
+        answers
+            .iter()
+            .any(|a| a.0 == 500 && a.1.contains("storage_failure")),
+        "the writes in flight get 500 storage_failure"
+    );
+    assert!(answers.iter().all(|a| a.0 == 200 || a.0 == 500));
+    assert!(answers.iter().all(|a| a.2 < Duration::from_secs(4)));
+    eprintln!(
+        "failed fsync: {} writes acknowledged, {} answered 500",
+        acked.len(),
+        answers.iter().filter(|a| a.0 == 500).count()
+    );
+    disk.repair().expect("repair the disk");
+    c.spawn(0);
+    c.wait_leader(ELECTION);
+    // Linearizable reads: each answer reflects everything the restarted node recovered.
+    let last_acked = acked.values().copied().max().unwrap_or(0);
+    let mut lost = Vec::new();
+    for (key, &index) in &acked {
+        let r = c.get(0, key).expect("read after the restart");
+        match r.status {
+            200 => assert_eq!(r.text(), value, "key {key}"),
+            404 => lost.push((key.clone(), index)),
+            s => panic!("{key}: status {s} {}", r.text()),
+        }
+    }
+    eprintln!("failed fsync: acknowledged entries the device lost: {lost:?} (last acknowledged index {last_acked})");
+    assert!(
+        lost.iter().all(|&(_, index)| index + 4 > last_acked),
+        "only the device's last acknowledged batch may be missing, not {lost:?} (last {last_acked})"
+    );
+    c.set_eventually(0, "after", "the repair", ELECTION);
+    c.kill(0);
+}
+
+/// What [`write_until_exit`] saw: the node's exit code, the acknowledged keys with the index each was
+/// applied at (`X-Raft-Index`), and every answer as (status, body, latency).
+struct WriteRun {
+    code: Option<i32>,
+    acked: BTreeMap<String, u64>,
+    answers: Vec<(u16, String, Duration)>,
+}
+
+/// Four writers send `value` to fresh keys (`w<writer>-<n>`, up to `per_writer` each) through node 0
+/// until it exits (at most 60 s), then stop; the node's child is forgotten (it has exited).
+fn write_until_exit(c: &mut TestCluster, value: &str, per_writer: u64) -> WriteRun {
+    let stop = Arc::new(AtomicBool::new(false));
     let acked = Arc::new(Mutex::new(BTreeMap::new()));
     let answers = Arc::new(Mutex::new(Vec::new()));
-    let stop = Arc::new(AtomicBool::new(false));
     let addr = c.http_addr(0);
-    let value = "y".repeat(8 << 10);
     let writers: Vec<_> = (0..4)
         .map(|w| {
-            let (stop, acked, answers, value) =
-                (stop.clone(), acked.clone(), answers.clone(), value.clone());
+            let (stop, acked, answers, value) = (
+                stop.clone(),
+                acked.clone(),
+                answers.clone(),
+                value.to_string(),
+            );
             std::thread::spawn(move || {
                 let mut client = HttpClient::new(addr, Duration::from_secs(10));
-                for n in 0..2000 {
+                for n in 0..per_writer {
                     if stop.load(Ordering::Relaxed) {
                         break;
                     }
@@ -545,54 +577,13 @@ fn a_failed_fsync_stops_the_node_and_acknowledged_writes_survive() {
         w.join().unwrap();
     }
     c.nodes[0].child = None;
-    let log = c.logs(0);
-    assert_eq!(
-        code,
-        Some(1),
-        "the node must exit with status 1; log:\n{log}"
-    );
-    // The loop driver reports the backing store's exhaustion as ENOSPC; a dying disk gives EIO.
-    assert!(
-        log.contains("FATAL: WAL sync (write + fdatasync) failed: fdatasync")
-            && (log.contains("os error 5") || log.contains("os error 28")),
-        "a FATAL line naming the failed fdatasync; log:\n{log}"
-    );
-    let answers = answers.lock().unwrap().clone();
-    assert!(
-        answers
-            .iter()
-            .any(|a| a.0 == 500 && a.1.contains("storage_failure")),
-        "the writes in flight get 500 storage_failure"
-    );
-    assert!(answers.iter().all(|a| a.0 == 200 || a.0 == 500));
-    assert!(answers.iter().all(|a| a.2 < Duration::from_secs(4)));
     let acked = acked.lock().unwrap().clone();
-    eprintln!(
-        "failed fsync: {} writes acknowledged, {} answered 500",
-        acked.len(),
-        answers.iter().filter(|a| a.0 == 500).count()
-    );
-    disk.repair().expect("repair the disk");
-    c.spawn(0);
-    c.wait_leader(ELECTION);
-    // Linearizable reads: each answer reflects everything the restarted node recovered.
-    let last_acked = acked.values().copied().max().unwrap_or(0);
-    let mut lost = Vec::new();
-    for (key, &index) in &acked {
-        let r = c.get(0, key).expect("read after the restart");
-        match r.status {
-            200 => assert_eq!(r.text(), value, "key {key}"),
-            404 => lost.push((key.clone(), index)),
-            s => panic!("{key}: status {s} {}", r.text()),
-        }
+    let answers = answers.lock().unwrap().clone();
+    WriteRun {
+        code,
+        acked,
+        answers,
     }
-    eprintln!("failed fsync: acknowledged entries the device lost: {lost:?} (last acknowledged index {last_acked})");
-    assert!(
-        lost.iter().all(|&(_, index)| index + 4 > last_acked),
-        "only the device's last acknowledged batch may be missing, not {lost:?} (last {last_acked})"
-    );
-    c.set_eventually(0, "after", "the repair", ELECTION);
-    c.kill(0);
 }
 
 /// Fills `mnt` with a ballast file until `target` bytes are left free (about: tmpfs rounds to pages).
