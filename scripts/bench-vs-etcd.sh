@@ -130,18 +130,27 @@ start_nimbus() {
     pids+=($!)
     node_pid[n]=$!
   done
+  find_leader nimbus /status '"role":"leader"' "${nports[@]}"
+  port=${nports[leader]}
+}
+
+# find_leader SYSTEM PATH PATTERN PORT...: sets `leader` to the index of the port whose `GET PATH` answer
+# matches PATTERN, polling every 0.1 s for about 15 s; exits 1 naming the logs if none does.
+find_leader() {
+  local system=$1 path=$2 pattern=$3 i
+  shift 3
+  local ports=("$@")
   leader=""
   for _ in $(seq 1 150); do
-    for n in 0 1 2; do
-      if curl -fsS --max-time 1 "http://127.0.0.1:${nports[n]}/status" 2>/dev/null | grep -q '"role":"leader"'; then
-        leader=$n
+    for i in "${!ports[@]}"; do
+      if curl -fsS --max-time 1 "http://127.0.0.1:${ports[i]}$path" 2>/dev/null | grep -q "$pattern"; then
+        leader=$i
       fi
     done
     [ -n "$leader" ] && break
     sleep 0.1
   done
-  [ -n "$leader" ] || { echo "nimbus: no leader after about 15 s; see $dir/nimbus-*.log" >&2; exit 1; }
-  port=${nports[leader]}
+  [ -n "$leader" ] || { echo "$system: no leader after about 15 s; see $dir/$system-*.log" >&2; exit 1; }
 }
 
 start_etcd() {
@@ -156,17 +165,7 @@ start_etcd() {
     pids+=($!)
     node_pid[n]=$!
   done
-  leader=""
-  for _ in $(seq 1 150); do
-    for n in 0 1 2; do
-      if curl -fsS --max-time 1 "http://127.0.0.1:${eports[n]}/v2/stats/self" 2>/dev/null | grep -q '"state":"StateLeader"'; then
-        leader=$n
-      fi
-    done
-    [ -n "$leader" ] && break
-    sleep 0.1
-  done
-  [ -n "$leader" ] || { echo "etcd: no leader after about 15 s; see $dir/etcd-*.log" >&2; exit 1; }
+  find_leader etcd /v2/stats/self '"state":"StateLeader"' "${eports[@]}"
   port=${eports[leader]}
 }
 
